@@ -1,0 +1,108 @@
+"""Configuration as plain dataclasses, validated, with a JSON round trip.
+
+A run is described by two objects: `TrainConfig` (the loop's mechanics: epochs, batch, seed,
+data, device) and the model's own config dataclass (`models.<family>.XConfig`, a subclass of
+`ModelConfig`). Both are saved, fully resolved, in `config.json` in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+
+from .errors import GenlabError
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model has; each model family subclasses this with its own fields."""
+
+    latent_dim: int = 2  # size of the code z; 2 lets us draw the latent space directly
+
+    def validate(self) -> None:
+        if self.latent_dim < 1:
+            raise GenlabError(f"latent_dim must be at least 1, got {self.latent_dim}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's knobs. None means: the model family's own default."""
+
+    model: str = "vae"  # registry name, see `genlab.models.MODELS`
+    epochs: int | None = None  # passes over the training split
+    batch_size: int = 128
+    lr: float | None = None  # Adam learning rate (every optimizer of the model)
+    seed: int = 0  # seeds weights, shuffling, noise: same seed + CPU = same run
+    dataset: str = "mnist"  # mnist, fashion-mnist, kmnist
+    data_dir: str | None = None  # folder with IDX files; None: GENLAB_DATA, cache, download, offline
+    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    grad_clip: float = 0.0  # clip each optimizer's gradient norm to this (0: off)
+    compile: bool = False  # torch.compile the model's loss (measured: see benchmarks/README.md)
+    eval_batch_size: int = 1000  # batch for test-set losses and figures (memory, not results)
+
+    def validate(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise GenlabError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise GenlabError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise GenlabError(f"learning rate must be a positive finite number, got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise GenlabError(f"checkpoint-every must be 0 or more steps, got {self.checkpoint_every}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise GenlabError(f"grad-clip must be 0 (off) or a positive number, got {self.grad_clip}")
+        if self.eval_batch_size < 1:
+            raise GenlabError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise GenlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise GenlabError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        values[name] = _check_type(value, hints[name], f"{where}.{name}")
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def _check_type(value, hint, where: str):
+    """Accept `value` if it fits the annotation `hint` (int, float, str, bool, X | None, tuple)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _check_type(value, non_none[0], where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            return tuple(_check_type(v, item, where) for v in value)
+    raise GenlabError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,21 @@
+"""The one exception type genlab raises for problems a user can fix.
+
+The CLI turns a GenlabError into a single line on stderr and exit status 2, so every message
+here should say what is wrong and what to do, in one sentence, without a traceback.
+"""
+
+
+class GenlabError(Exception):
+    """A user-facing error: bad input data, a bad option, an unusable run folder."""
+
+
+class DataError(GenlabError):
+    """A dataset file is missing, truncated or malformed."""
+
+
+class RunFolderError(GenlabError):
+    """A run folder (config, checkpoint, weights) is missing, corrupt or incompatible."""
+
+
+class TrainingDiverged(GenlabError):
+    """A loss or gradient became non-finite; the last good checkpoint is kept."""

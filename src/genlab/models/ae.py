@@ -1,0 +1,58 @@
+"""Autoencoder: encoder to a small latent code z, decoder back; trained on pixel MSE.
+
+With the default 2-D latent, the test digits' codes can be drawn directly (latent scatter) and
+the decoder can be evaluated on a grid over the plane (latent manifold). An AE has no prior on
+z, so it cannot sample: its latent space has holes between the clusters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..errors import GenlabError
+from . import register
+from .base import GenerativeModel, LossOutput
+from .blocks import IMAGE_PIXELS, Flatten, Unflatten, mlp
+
+
+@dataclass
+class AEConfig(ModelConfig):
+    latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+
+
+@register("ae")
+class AE(GenerativeModel):
+    config_class = AEConfig
+    default_epochs = 30
+
+    def __init__(self, config: AEConfig):
+        super().__init__(config)
+        hidden = list(config.hidden_dims)
+        self.encoder = torch.nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, config.latent_dim]))
+        self.decoder = torch.nn.Sequential(mlp([config.latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> (B, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) -> (B, 1, 28, 28) in [0, 1]."""
+        return torch.sigmoid(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def loss(self, x, y, phase, cache) -> LossOutput:
+        x_hat = self.reconstruct(x)
+        mse = F.mse_loss(x_hat, x)  # mean over pixels and images: MSE per pixel
+        return LossOutput(loss=mse, logs={"loss": mse, "mse": mse})

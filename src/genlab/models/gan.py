@@ -1,0 +1,90 @@
+"""Generative adversarial network (Goodfellow et al. 2014, https://arxiv.org/abs/1406.2661).
+
+A generator G maps noise z ~ N(0, I) to images; a discriminator D tells real from generated.
+One model, two optimizers stepping in order each batch:
+  1. discriminator: maximise log D(x) + log(1 − D(G(z))) on a fake batch made without gradient;
+  2. generator: the non-saturating loss −log D(G(z)) on the same z (strong gradients early on,
+     when D rejects every fake with confidence).
+Logged: d_loss, g_loss, D(x) = mean D on real digits, D(G(z)) = mean D on fakes. At the game's
+equilibrium D(x) ≈ D(G(z)) ≈ 0.5; the two losses oscillate rather than fall, which is normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import GenlabError
+from . import register
+from .base import GenerativeModel, LossOutput
+from .blocks import IMAGE_PIXELS, Flatten, Unflatten, mlp
+
+
+@dataclass
+class GANConfig(ModelConfig):
+    latent_dim: int = 64  # noise size; GANs want more than 2 dimensions
+    hidden_dims: tuple[int, ...] = (256, 512)  # generator widths; the discriminator mirrors them
+    label_smoothing: float = 0.0  # one-sided: real target = 1 − this (Salimans et al. 2016)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise GenlabError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+@register("gan")
+class GAN(GenerativeModel):
+    config_class = GANConfig
+    family = "adversarial"
+    phases = ("discriminator", "generator")
+    default_lr = 2e-4
+    default_epochs = 60
+    adam_betas = (0.5, 0.999)  # β1 = 0.5 (Radford et al. 2016): less momentum, fewer oscillations
+
+    def __init__(self, config: GANConfig):
+        super().__init__(config)
+        hidden = list(config.hidden_dims)
+        self.generator = nn.Sequential(
+            mlp([config.latent_dim, *hidden, IMAGE_PIXELS], nn.LeakyReLU, negative_slope=0.2), Unflatten()
+        )
+        self.discriminator = nn.Sequential(
+            Flatten(), mlp([IMAGE_PIXELS, *reversed(hidden), 1], nn.LeakyReLU, negative_slope=0.2)
+        )
+
+    def phase_parameters(self, phase):
+        return list((self.discriminator if phase == "discriminator" else self.generator).parameters())
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]."""
+        return torch.sigmoid(self.generator(z))
+
+    def critic(self, images: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits (B,) for images in [0, 1] (rescaled to [−1, 1] inside)."""
+        return self.discriminator(images * 2 - 1).squeeze(1)
+
+    def sample(self, n, generator=None, labels=None) -> torch.Tensor:
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+        return self.generate(z)
+
+    def loss(self, x, y, phase, cache) -> LossOutput:
+        if "z" not in cache:
+            cache["z"] = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
+        if phase == "discriminator":
+            with torch.no_grad():
+                fake = self.generate(cache["z"])
+            real_logits, fake_logits = self.critic(x), self.critic(fake)
+            real_target = torch.full_like(real_logits, 1.0 - self.config.label_smoothing)
+            d_loss = F.binary_cross_entropy_with_logits(real_logits, real_target) + F.binary_cross_entropy_with_logits(
+                fake_logits, torch.zeros_like(fake_logits)
+            )
+            logs = {"d_loss": d_loss, "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
+            return LossOutput(loss=d_loss, logs=logs)
+        fake_logits = self.critic(self.generate(cache["z"]))
+        g_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))  # −log D(G(z))
+        return LossOutput(loss=g_loss, logs={"g_loss": g_loss})

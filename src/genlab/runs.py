@@ -1,0 +1,271 @@
+"""Run folders: what is saved, how it is loaded back, and the `Run` object users work with.
+
+A run folder holds
+  config.json            the resolved configs, versions, device, data source and hash
+  model.safetensors      the final weights (written when training finishes)
+  checkpoint.safetensors weights, optimizer tensors and RNG states of the last checkpoint,
+                         with the loop's position (epoch, step) as JSON in its metadata
+  metrics.jsonl          one JSON object per finished epoch
+  figures/               the PNG figures (`genlab plot RUN_DIR` rewrites them)
+Every file is written atomically (utils.atomic_write_*), and nothing is ever unpickled: tensors
+come from safetensors, everything else from JSON validated against the config dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from . import __version__
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import RunFolderError
+from .models import GenerativeModel, get_model_class
+from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, make_generator, pick_device
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+FIGURES_DIR = "figures"
+FORMAT_VERSION = 1  # bump when the layout of a run folder changes incompatibly
+
+
+def versions() -> dict[str, str]:
+    return {
+        "genlab": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# config.json
+# --------------------------------------------------------------------------------------------
+
+
+def write_config(run_dir: Path, train_config: TrainConfig, model_config: ModelConfig, extra: dict) -> None:
+    atomic_write_json(
+        run_dir / CONFIG_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "train": to_dict(train_config),
+            "model": to_dict(model_config),
+            **extra,
+        },
+    )
+
+
+def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
+    """Load and validate config.json; returns (train config, model config, the whole JSON)."""
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a genlab run folder (no {CONFIG_FILE})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict) or not isinstance(raw.get("model"), dict):
+        raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise RunFolderError(f"{path}: run folder format {raw.get('format_version')!r}, this genlab reads {FORMAT_VERSION}")
+    try:
+        train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train")
+        model_cls = get_model_class(train_config.model)
+        model_config = from_dict(model_cls.config_class, raw["model"], where=f"{path}: model")
+    except RunFolderError:
+        raise
+    except Exception as e:  # GenlabError from validation: re-raised as a run-folder problem
+        raise RunFolderError(str(e)) from None
+    return train_config, model_config, raw
+
+
+def build_model(train_config: TrainConfig, model_config: ModelConfig) -> GenerativeModel:
+    return get_model_class(train_config.model)(model_config)
+
+
+# --------------------------------------------------------------------------------------------
+# safetensors files
+# --------------------------------------------------------------------------------------------
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write tensors with JSON metadata, atomically. Tensors are copied to contiguous CPU memory."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    payload = save_safetensors_bytes(flat, metadata={"genlab": json.dumps(metadata)})
+    atomic_write_bytes(path, payload)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a safetensors file written by `save_tensors`; RunFolderError if unreadable."""
+    if not path.is_file():
+        raise RunFolderError(f"{path} not found")
+    data = path.read_bytes()
+    try:
+        tensors = load_safetensors_bytes(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        metadata = json.loads(header.get("__metadata__", {}).get("genlab", "{}"))
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, TypeError, OSError) as e:
+        raise RunFolderError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
+    if not isinstance(metadata, dict):
+        raise RunFolderError(f"{path}: metadata is not a JSON object")
+    return tensors, metadata
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `state` into `model`, refusing any missing, extra or differently shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise RunFolderError(
+            f"{source}: weights do not fit this model (another model or architecture?): "
+            f"{len(missing)} missing, {len(extra)} unexpected tensors"
+            + (f", e.g. '{(missing or extra)[0]}'" if missing or extra else "")
+        )
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise RunFolderError(
+                f"{source}: tensor '{key}' has shape {tuple(state[key].shape)}, this model expects {tuple(tensor.shape)} "
+                "(another architecture or latent size?)"
+            )
+        if not torch.isfinite(state[key]).all() and state[key].is_floating_point():
+            raise RunFolderError(f"{source}: tensor '{key}' holds NaN or infinite values")
+    model.load_state_dict(state)
+
+
+def save_weights(run_dir: Path, model: GenerativeModel) -> None:
+    save_tensors(run_dir / WEIGHTS_FILE, model.state_dict(), {"model": model.name, "format_version": FORMAT_VERSION})
+
+
+def load_weights(run_dir: Path, model: GenerativeModel, path: Path | None = None) -> None:
+    path = path or run_dir / WEIGHTS_FILE
+    tensors, meta = load_tensors(path)
+    if meta.get("model") != model.name:
+        raise RunFolderError(f"{path}: weights of model '{meta.get('model')}', but the config says '{model.name}'")
+    load_state_into(model, tensors, path)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.jsonl
+# --------------------------------------------------------------------------------------------
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise RunFolderError(f"{path}: line {i} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}: line {i} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite the whole log atomically: it is small, and a resume can cut it back cleanly."""
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+# --------------------------------------------------------------------------------------------
+# The Run object: a trained model and its folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A trained run folder, loaded: `run.sample(16)`, `run.encode(x)`, `run.decode(z)`."""
+
+    path: Path
+    model: GenerativeModel
+    train_config: TrainConfig
+    model_config: ModelConfig
+    info: dict = field(default_factory=dict)  # the whole config.json (versions, data, device)
+
+    @property
+    def name(self) -> str:
+        return self.train_config.model
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 3:  # (B, 28, 28) -> (B, 1, 28, 28)
+            x = x.unsqueeze(1)
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int = 0, labels=None) -> torch.Tensor:
+        """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`."""
+        gen = make_generator(seed, self.device)
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        return self.model.sample(n, generator=gen, labels=labels).cpu()
+
+    @torch.inference_mode()
+    def encode(self, x) -> torch.Tensor:
+        self._require("encode")
+        return self.model.encode(self._to_model(x)).cpu()
+
+    @torch.inference_mode()
+    def decode(self, z) -> torch.Tensor:
+        self._require("decode")
+        return self.model.decode(torch.as_tensor(z, dtype=torch.float32, device=self.device)).cpu()
+
+    @torch.inference_mode()
+    def reconstruct(self, x) -> torch.Tensor:
+        self._require("reconstruct")
+        return self.model.reconstruct(self._to_model(x)).cpu()
+
+    def _require(self, method: str) -> None:
+        if not hasattr(self.model, method):
+            raise RunFolderError(f"model '{self.name}' has no {method}(): it is not an autoencoder")
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final") -> Run:
+    """Load a run folder for use: validated config, safe weights, model in eval mode.
+
+    weights="final" reads model.safetensors; "checkpoint" (or a run that never finished) reads
+    the last checkpoint's weights.
+    """
+    run_dir = Path(path)
+    train_config, model_config, info = read_config(run_dir)
+    model = build_model(train_config, model_config)
+    final = run_dir / WEIGHTS_FILE
+    if weights == "final" and final.is_file():
+        load_weights(run_dir, model)
+    elif (run_dir / CHECKPOINT_FILE).is_file():
+        tensors, meta = load_tensors(run_dir / CHECKPOINT_FILE)
+        if meta.get("model") != model.name:
+            raise RunFolderError(f"{run_dir / CHECKPOINT_FILE}: checkpoint of model '{meta.get('model')}', config says '{model.name}'")
+        prefix = "model."
+        load_state_into(model, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, run_dir / CHECKPOINT_FILE)
+    else:
+        raise RunFolderError(f"{run_dir} has no weights yet ({WEIGHTS_FILE} or {CHECKPOINT_FILE})")
+    model.to(pick_device(device)).eval()
+    return Run(path=run_dir, model=model, train_config=train_config, model_config=model_config, info=info)

@@ -1,0 +1,399 @@
+"""The one training loop, for every model: data on the device, phases in order, checkpoints.
+
+Read `fit` top to bottom: it prepares the run folder, builds the model and one Adam optimizer per
+phase (one for an AE/VAE, two for a GAN), then for each epoch shuffles the training images by
+index, steps every phase on every batch, evaluates the test split, appends a metrics row and
+saves a checkpoint. The model computes its own losses; the loop never asks what it trains.
+
+Speed: the whole split lives on the device as one float tensor and batches are index slices;
+logged values are summed as tensors and read back (one host sync) only every `SYNC_EVERY` steps,
+when the progress bar and the non-finite guard look at them.
+
+Resume: a checkpoint holds the weights, each optimizer's state, the global and the shuffling RNG
+states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt) and how
+far into the epoch the loop got. Resuming on CPU with the same seed gives bitwise the weights an
+uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, TrainConfig
+from .data import DataBundle, load_dataset
+from .errors import GenlabError, RunFolderError, TrainingDiverged
+from .models import GenerativeModel, get_model_class
+from .runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    FIGURES_DIR,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    build_model,
+    load_state_into,
+    load_tensors,
+    read_config,
+    read_metrics,
+    save_tensors,
+    save_weights,
+    versions,
+    write_config,
+    write_metrics,
+)
+from .utils import pick_device, seed_everything
+
+SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
+
+
+def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[TrainConfig, ModelConfig]:
+    """Fill the model family's defaults (epochs, lr) and validate both configs."""
+    model_cls = get_model_class(train_config.model)
+    model_config = model_config if model_config is not None else model_cls.config_class()
+    if not isinstance(model_config, model_cls.config_class):
+        raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
+    if train_config.epochs is None:
+        train_config.epochs = model_cls.default_epochs
+    if train_config.lr is None:
+        train_config.lr = model_cls.default_lr
+    train_config.validate()
+    model_config.validate()
+    return train_config, model_config
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: enough, with the checkpointed tensors, to continue exactly."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps (batches) done in all
+    step_in_epoch: int = 0  # batches done in the current, unfinished epoch
+    epoch_seconds: float = 0.0  # training seconds spent in the current epoch so far
+    seed: int = 0
+
+
+def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    # fused Adam: one kernel for all parameters (supported on CPU and CUDA since torch 2.4).
+    fused = device.type in ("cpu", "cuda")
+    return {
+        phase: torch.optim.Adam(model.phase_parameters(phase), lr=cfg.lr, betas=model.adam_betas, fused=fused)
+        for phase in model.phases
+    }
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"output path {run_dir} exists and is not a folder")
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    if existing and not resume and not overwrite:
+        raise RunFolderError(f"output folder {run_dir} already exists: use --resume to continue it or --overwrite to replace it")
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and existing and not resume:
+            # Remove only what genlab wrote, never other files the user keeps there.
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / FIGURES_DIR, ignore_errors=True)
+        probe = run_dir / ".genlab-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(f"cannot write to {run_dir}: {e.strerror}") from None
+
+
+def _save_checkpoint(run_dir, model, optimizers, state: LoopState, shuffle_state, running: dict, metrics_rows) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim_meta = {}
+    for phase, opt in optimizers.items():
+        sd = opt.state_dict()
+        for pid, pstate in sd["state"].items():
+            for key, value in pstate.items():
+                tensors[f"optim.{phase}.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        optim_meta[phase] = sd["param_groups"]
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.shuffle"] = shuffle_state
+    if torch.cuda.is_available() and model.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
+    for key, value in running.items():
+        tensors[f"running.{key}"] = value
+    meta = {
+        "model": model.name,
+        "loop": state.__dict__,
+        "optimizers": optim_meta,
+        "n_metrics_rows": len(metrics_rows),
+    }
+    save_tensors(run_dir / CHECKPOINT_FILE, tensors, meta)
+
+
+def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch.Tensor, dict]:
+    path = run_dir / CHECKPOINT_FILE
+    tensors, meta = load_tensors(path)
+    if meta.get("model") != model.name:
+        raise RunFolderError(f"{path}: checkpoint of model '{meta.get('model')}', but the config says '{model.name}'")
+    try:
+        state = LoopState(**meta["loop"])
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        load_state_into(model, model_state, path)
+        for phase, opt in optimizers.items():
+            groups = meta["optimizers"][phase]
+            for group in groups:
+                group["betas"] = tuple(group["betas"])
+            per_param: dict[int, dict] = {}
+            prefix = f"optim.{phase}."
+            for key, value in tensors.items():
+                if key.startswith(prefix):
+                    pid, name = key[len(prefix) :].split(".", 1)
+                    per_param.setdefault(int(pid), {})[name] = value
+            opt.load_state_dict({"state": per_param, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and model.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+        shuffle_state = tensors["rng.shuffle"]
+        running = {k[len("running.") :]: v for k, v in tensors.items() if k.startswith("running.")}
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RunFolderError(f"{path}: checkpoint is incomplete or does not fit this model ({str(e)[:120]})") from None
+    return state, shuffle_state, running
+
+
+@torch.inference_mode()
+def evaluate_split(model: GenerativeModel, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
+    """Batch-size-weighted means of `model.eval_losses` over a split, with seeded noise.
+
+    The noise (VAE's z, GAN's z) comes from a forked RNG, so evaluating never shifts the
+    training RNG stream, and every epoch's test figures use the same noise.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            for key, value in model.eval_losses(xb, yb).items():
+                sums[key] = sums.get(key, 0) + value.float() * len(xb)
+    model.train(was_training)
+    return {k: float(v) / len(x) for k, v in sums.items()}
+
+
+def fit(
+    train_config: TrainConfig,
+    model_config: ModelConfig | None = None,
+    run_dir: str | Path = "runs/run",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataBundle | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_after_steps: int | None = None,
+) -> Path:
+    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
+
+    `stop_after_steps` ends the loop after that many optimizer steps in this call, as if the
+    process had been killed right after a checkpoint (used by the crash/resume tests).
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        # The saved config wins: a resumed run continues exactly what was started.
+        saved_train, model_config, _ = read_config(run_dir)
+        if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
+            saved_train.epochs = train_config.epochs  # allow extending a finished run
+        saved_train.validate()
+        train_config = saved_train
+    train_config, model_config = resolve_configs(train_config, model_config)
+    cfg = train_config
+    device = pick_device(cfg.device)
+
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        for note in data.notes:
+            log(f"data: {note}")
+    x_train, y_train = data.tensors("train", device)
+    x_test, y_test = data.tensors("test", device)
+    n_train = len(x_train)
+    if cfg.batch_size > n_train:
+        raise GenlabError(f"batch size {cfg.batch_size} is larger than the {n_train} training images")
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg, model_config).to(device)
+    optimizers = _optimizers(model, cfg, device)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    phase_params = {p: set(map(id, model.phase_parameters(p))) for p in model.phases}
+    all_params = list(model.parameters())
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+
+    state = LoopState(seed=cfg.seed)
+    running: dict[str, torch.Tensor] = {}
+    metrics_rows: list[dict] = []
+    epoch_start_shuffle = shuffle_gen.get_state()
+    if resume and (run_dir / CHECKPOINT_FILE).is_file():
+        state, epoch_start_shuffle, running = _load_checkpoint(run_dir, model, optimizers)
+        running = {k: v.to(device) for k, v in running.items()}
+        shuffle_gen.set_state(epoch_start_shuffle)
+        # Keep exactly the rows the checkpoint knew of: a row written after it is redone.
+        metrics_rows = read_metrics(run_dir)[: state.epoch]
+        log(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    else:
+        write_config(
+            run_dir,
+            cfg,
+            model_config,
+            {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in all_params)},
+        )
+
+    model.train()
+    steps_this_call = 0
+    interrupted = _InterruptFlag()
+    n_batches = math.ceil(n_train / cfg.batch_size)
+    try:
+        while state.epoch < cfg.epochs:
+            # The permutation is a pure function of the shuffle RNG state at the epoch's start,
+            # so a resumed epoch sees the same batches in the same order.
+            shuffle_gen.set_state(epoch_start_shuffle)
+            order = torch.randperm(n_train, generator=shuffle_gen).to(device)
+            next_epoch_shuffle = shuffle_gen.get_state()
+            bar = tqdm(
+                total=n_batches, initial=state.step_in_epoch, desc=f"{model.name} epoch {state.epoch + 1}/{cfg.epochs}",
+                disable=not progress, leave=False, dynamic_ncols=True,
+            )
+            recent_losses: list[tuple[int, torch.Tensor]] = []
+            t0 = time.perf_counter()
+            for batch_index in range(state.step_in_epoch, n_batches):
+                idx = order[batch_index * cfg.batch_size : (batch_index + 1) * cfg.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                cache: dict = {}
+                for phase in model.phases:
+                    if len(model.phases) > 1:  # no gradients for the other players' weights
+                        for p in all_params:
+                            p.requires_grad_(id(p) in phase_params[phase])
+                    out = loss_fn(xb, yb, phase, cache)
+                    optimizers[phase].zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    if cfg.grad_clip > 0:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), cfg.grad_clip)
+                        recent_losses.append((state.step + 1, grad_norm.detach()))
+                    optimizers[phase].step()
+                    recent_losses.append((state.step + 1, out.loss.detach()))
+                    for key, value in out.logs.items():
+                        running[key] = running.get(key, 0) + value.detach() * len(xb)
+                running["_n"] = running.get("_n", 0) + torch.tensor(float(len(xb)), device=device)
+                state.step += 1
+                state.step_in_epoch += 1
+                steps_this_call += 1
+                bar.update(1)
+
+                if state.step % SYNC_EVERY == 0 or batch_index == n_batches - 1:
+                    _check_finite(recent_losses, state, cfg)
+                    if progress:
+                        bar.set_postfix({k: f"{float(v) / float(running['_n']):.4g}" for k, v in running.items() if k != "_n"})
+                mid_epoch_checkpoint = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
+                if mid_epoch_checkpoint and batch_index < n_batches - 1:
+                    _check_finite(recent_losses, state, cfg)
+                    state.epoch_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
+                if interrupted.is_set:
+                    bar.close()
+                    _check_finite(recent_losses, state, cfg)
+                    state.epoch_seconds += time.perf_counter() - t0
+                    _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
+                    raise GenlabError(
+                        f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: "
+                        f"continue with: genlab resume {run_dir}"
+                    )
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    bar.close()
+                    return run_dir
+            bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            state.epoch_seconds += time.perf_counter() - t0
+
+            n_seen = float(running.pop("_n"))
+            train_logs = {k: float(v) / n_seen for k, v in running.items()}
+            t_eval = time.perf_counter()
+            test_logs = evaluate_split(model, x_test, y_test, cfg.eval_batch_size, cfg.seed)
+            row = {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "seconds": round(state.epoch_seconds, 4),
+                "eval_seconds": round(time.perf_counter() - t_eval, 4),
+                "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
+                "train": train_logs,
+                "test": test_logs,
+            }
+            metrics_rows.append(row)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.epoch_seconds = 0.0
+            running = {}
+            epoch_start_shuffle = next_epoch_shuffle
+            # Checkpoint first, then the metrics log: a crash between the two leaves a log one
+            # row short, which the resume rewrites from the checkpoint's count.
+            _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
+            write_metrics(run_dir, metrics_rows)
+            log(_epoch_line(model.name, row, cfg.epochs))
+    finally:
+        interrupted.restore()
+    save_weights(run_dir, model)
+    return run_dir
+
+
+class _InterruptFlag:
+    """Ctrl-C sets a flag that the loop reads at the next batch boundary, so the checkpoint it
+    then writes is consistent (never half a GAN step). A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.is_set = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.is_set:
+            raise KeyboardInterrupt
+        self.is_set = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _check_finite(recent: list[tuple[int, torch.Tensor]], state: LoopState, cfg: TrainConfig) -> None:
+    """One host sync: raise TrainingDiverged, naming the step, if any recent value is NaN/inf.
+
+    `recent` holds (step, loss or gradient norm) pairs logged since the last check.
+    """
+    if not recent:
+        return
+    finite = torch.isfinite(torch.stack([v.float().reshape(()) for _, v in recent]))
+    if bool(finite.all()):
+        recent.clear()
+        return
+    bad_step = recent[int((~finite).nonzero()[0])][0]
+    raise TrainingDiverged(
+        f"loss or gradient became NaN/inf at step {bad_step} (epoch {state.epoch + 1}); "
+        f"the learning rate {cfg.lr:g} is probably too high (try --lr {cfg.lr / 10:g} or --grad-clip 1.0); "
+        "the last good checkpoint is kept"
+    )
+
+
+def _epoch_line(name: str, row: dict, epochs: int) -> str:
+    shown = {**{f"train_{k}": v for k, v in row["train"].items()}, **{f"test_{k}": v for k, v in row["test"].items()}}
+    figures = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+    return f"{name} epoch {row['epoch']}/{epochs} ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)  {figures}"
+
