@@ -67,6 +67,11 @@ class GenerativeModel(nn.Module):
         """n images (n, 1, 28, 28) in [0, 1]. Reconstruction models without a prior refuse."""
         raise NotImplementedError(f"{type(self).__name__} cannot sample: it has no prior over its latent space")
 
+    @property
+    def can_sample(self) -> bool:
+        """True when the subclass implements `sample` (it has a prior or a generator)."""
+        return type(self).sample is not GenerativeModel.sample
+
     def has_encoder(self) -> bool:
         return hasattr(self, "encode")
 

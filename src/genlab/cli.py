@@ -1,0 +1,309 @@
+"""The `genlab` command: parse, call the library, print. All logic lives in importable modules.
+
+Errors a user can fix (GenlabError, bad arguments, unwritable files) print one line on stderr
+and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import GenlabError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), not the whole usage text."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Options generated from the config dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+def field_help(cls) -> dict[str, str]:
+    """The `# comment` after each field in a config dataclass's source: its --help text."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.M):
+            helps[match.group(1)] = match.group(2).strip()
+    return helps
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One --option per field of `cls`, default None (= keep the config's own default)."""
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{helps.get(f.name, '')} (default: {default})"
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(hint) is tuple:
+            item = next(a for a in typing.get_args(hint) if a is not Ellipsis)
+            parser.add_argument(flag, type=item, nargs="+", default=None, metavar=f.name.upper(), help=help_text)
+        else:
+            parser.add_argument(flag, type=hint, default=None, metavar=f.name.split("_")[-1].upper(), help=help_text)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, base=None):
+    """`base` (or `cls()`) with every option the user gave on the command line applied."""
+    config = base if base is not None else cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(config, f.name, tuple(value) if isinstance(value, list) else value)
+    config.validate()
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> None:
+    from . import plots
+    from .models import get_model_class
+    from .runs import load_run
+    from .train import fit
+
+    model_cls = get_model_class(args.model)
+    train_config = dataclass_from_args(TrainConfig, args, TrainConfig(model=args.model))
+    model_config = dataclass_from_args(model_cls.config_class, args)
+    out = Path(args.out or f"runs/{args.model}")
+    run_dir = fit(train_config, model_config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.no_figures:
+        figures = plots.make_figures(load_run(run_dir, device=args.device or "auto"))
+        print(f"figures: {', '.join(sorted(figures))} in {run_dir / 'figures'}")
+    print(f"done: {run_dir}")
+
+
+def cmd_resume(args) -> None:
+    from . import plots
+    from .runs import load_run
+    from .train import fit
+
+    run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet)
+    plots.make_figures(load_run(run_dir))
+    print(f"done: {run_dir}")
+
+
+def _open_run(args):
+    from .runs import load_run
+
+    return load_run(args.run_dir, device=getattr(args, "device", None) or "auto")
+
+
+def _test_images(run):
+    from .data import load_dataset
+
+    data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
+    return data.tensors("test")
+
+
+def _save_array(path: str, save) -> None:
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        raise GenlabError(f"cannot write {target}: folder {target.parent} does not exist")
+    try:
+        save(target)
+    except OSError as e:
+        raise GenlabError(f"cannot write {target}: {e.strerror}") from None
+
+
+def cmd_sample(args) -> None:
+    run = _open_run(args)
+    if not run.model.can_sample:
+        raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
+    labels = None
+    if args.digit is not None:
+        if not run.model.conditional:
+            raise GenlabError(f"model '{run.name}' is not conditional: --digit needs a conditional model (cvae, cgan)")
+        if not 0 <= args.digit <= 9:
+            raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
+        labels = [args.digit] * args.n
+    images = run.sample(args.n, seed=args.seed, labels=labels).squeeze(1).numpy().astype(np.float32)
+    _save_array(args.output, lambda p: np.save(p, images))
+    print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {args.output}")
+
+
+def cmd_encode(args) -> None:
+    run = _open_run(args)
+    if not hasattr(run.model, "encode"):
+        raise GenlabError(f"model '{run.name}' has no encoder; encode needs an ae or vae run")
+    x, y = _test_images(run)
+    z = np.concatenate([run.encode(x[i : i + 1000]).numpy() for i in range(0, len(x), 1000)])
+    _save_array(args.output, lambda p: np.savez(p, z=z, y=y.numpy()))
+    print(f"wrote latents z {z.shape} and labels y ({len(y)}) to {args.output}")
+
+
+def cmd_reconstruct(args) -> None:
+    run = _open_run(args)
+    if not hasattr(run.model, "reconstruct"):
+        raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
+    x, _ = _test_images(run)
+    recon = np.concatenate([run.reconstruct(x[i : i + 1000]).squeeze(1).numpy() for i in range(0, len(x), 1000)])
+    _save_array(args.output, lambda p: np.save(p, recon.astype(np.float32)))
+    print(f"wrote {len(recon)} reconstructions {recon.shape} to {args.output}")
+
+
+def cmd_plot(args) -> None:
+    from . import plots
+
+    figures = plots.make_figures(_open_run(args), seed=args.seed)
+    for name, path in sorted(figures.items()):
+        print(f"{name}: {path}")
+
+
+def cmd_lab(args) -> None:
+    from .lab import run_lab
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    report = run_lab(
+        Path(args.out),
+        models=models,
+        epochs=args.epochs,
+        seed=args.seed,
+        data_dir=args.data,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"report: {report}")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(Path(args.lab_dir))}")
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .models import MODELS
+
+    parser = _Parser(prog="genlab", description="Train, show and measure AE, VAE and GAN models on MNIST-format data.")
+    parser.add_argument("--version", action="version", version=f"genlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train one model into a run folder")
+    models = train.add_subparsers(dest="model", required=True, parser_class=_Parser, metavar="MODEL")
+    for name, cls in sorted(MODELS.items()):
+        p = models.add_parser(name, help=(cls.__doc__ or "").strip().split("\n")[0], description=inspect.getdoc(inspect.getmodule(cls)))
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        add_dataclass_options(p, TrainConfig, skip=("model", "data_dir"))
+        p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+        add_dataclass_options(p, cls.config_class)
+        p.add_argument("--out", metavar="RUN_DIR", help=f"run folder (default: runs/{name})")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--no-figures", action="store_true", help="skip writing figures at the end")
+        p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("resume", help="continue a run folder from its last checkpoint")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, help="train to this many epochs in all (default: as configured)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_resume)
+
+    p = commands.add_parser("sample", help="generate images from a VAE or GAN run into a .npy file")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npy", help="float32 array (N, 28, 28) in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--digit", type=int, help="class to generate (conditional models)")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("encode", help="test-set latents z and labels y into a .npz file (AE, VAE)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.set_defaults(func=cmd_encode)
+
+    p = commands.add_parser("reconstruct", help="reconstructions of the test set into a .npy file (AE, VAE)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npy")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = commands.add_parser("plot", help="(re)write the figures of a run folder")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--seed", type=int, default=0, help="seed for samples and interpolations (default: 0)")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.set_defaults(func=cmd_plot)
+
+    from .lab import DEFAULT_MODELS
+
+    p = commands.add_parser("lab", help="the whole lab: train the models, write figures and report.html")
+    p.add_argument("--out", default="lab", metavar="DIR", help="lab folder: DIR/<model>/ runs and DIR/report.html (default: lab)")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: each model's lab budget)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every model (default: 0)")
+    p.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_lab)
+
+    p = commands.add_parser("report", help="rewrite report.html of a lab folder from its runs")
+    p.add_argument("lab_dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # disk full, permissions: say which file, keep what was written
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"genlab: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

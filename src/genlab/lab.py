@@ -1,0 +1,86 @@
+"""`genlab lab`: the whole lab in one call — train each model, draw its figures, measure it,
+and write one HTML report comparing them.
+
+Layout: `OUT/<model>/` is an ordinary run folder per model, `OUT/report.html` the report.
+`resume=True` reuses finished runs and resumes unfinished ones, so a killed lab carries on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .config import TrainConfig
+from .data import load_dataset
+from .errors import RunFolderError
+from .models import get_model_class
+from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
+from .train import fit
+
+DEFAULT_MODELS = ("ae", "vae", "gan")
+
+
+def run_lab(
+    out_dir: Path,
+    models=DEFAULT_MODELS,
+    epochs: int | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train, plot and evaluate `models` into `out_dir`; returns the report's path."""
+    from . import plots
+    from .report import write_report
+
+    out_dir = Path(out_dir)
+    for name in models:  # fail on a typo before any training starts
+        get_model_class(name)
+    if not models:
+        raise RunFolderError("no models given: e.g. --models ae,vae,gan")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"lab folder {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (resume or overwrite):
+        raise RunFolderError(f"lab folder {out_dir} already exists: use --resume to continue it or --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    data = load_dataset("mnist", data_dir)
+    log(f"data: {data.source}")
+    for note in data.notes:
+        log(f"data: {note}")
+
+    for name in models:
+        run_dir = out_dir / name
+        train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device)
+        if resume and _finished(run_dir, epochs):
+            log(f"{name}: finished run found in {run_dir}, reusing it")
+        else:
+            continue_run = resume and (run_dir / CONFIG_FILE).is_file()
+            log(f"{name}: {'resuming' if continue_run else 'training'} into {run_dir}")
+            fit(train_config, None, run_dir, resume=continue_run, overwrite=overwrite and not continue_run, data=data, progress=progress, log=log)
+        run = load_run(run_dir, device=device)
+        plots.make_figures(run, data, seed=seed)
+        _evaluate(run, data, seed, log)
+    report = write_report(out_dir, models=list(models))
+    return report
+
+
+def _finished(run_dir: Path, epochs: int | None) -> bool:
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        return False
+    train_config, _, _ = read_config(run_dir)
+    return epochs is None or train_config.epochs == epochs
+
+
+def _evaluate(run, data, seed: int, log) -> None:
+    """Measure the run and store eval.json beside it, when the metrics module is available."""
+    try:
+        from .evaluate import evaluate_run, write_eval
+    except ImportError:
+        return
+    results = evaluate_run(run, data=data, seed=seed)
+    write_eval(run.path, results)
+    log(f"{run.name}: measured {', '.join(sorted(k for k in results if not isinstance(results[k], dict)))}")

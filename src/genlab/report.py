@@ -1,0 +1,189 @@
+"""report.html: one self-contained page (figures inlined as base64, no server, no internet)
+comparing the lab's models — reconstruction-based (AE, VAE) beside adversarial (GAN)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
+from .utils import atomic_write_text
+
+EVAL_FILE = "eval.json"
+
+FIGURE_TITLES = {
+    "samples": "Samples",
+    "reconstructions": "Reconstructions",
+    "latent_space": "Latent space of the test set",
+    "manifold": "Decoded latent manifold",
+    "interpolation": "Interpolation",
+    "losses": "Training curves",
+}
+
+FAMILY_TEXT = {
+    "reconstruction": (
+        "Reconstruction-based models (AE, VAE) learn an encoder and a decoder by making the output match the input. "
+        "They give a latent code for every digit, reconstructions and a likelihood bound (VAE), and train stably; "
+        "but squared-error or Bernoulli losses average over plausible outputs, so their images are blurry, "
+        "and an AE has no prior to sample from at all."
+    ),
+    "adversarial": (
+        "Adversarial models (GAN) learn only a generator, judged by a discriminator rather than by pixel error. "
+        "Their samples are sharper, because blur is easy for the discriminator to spot; but they have no encoder, "
+        "no likelihood, training is a two-player game whose losses oscillate instead of falling, "
+        "and they can collapse onto a few digit shapes (check the class coverage below)."
+    ),
+}
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left} th{background:#f3f3f3}
+.row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start} .col{flex:1 1 340px;min-width:300px}
+figure{margin:.5em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.note{color:#555;font-size:.9em} .warn{color:#a40}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(run_dir: Path, name: str, model: str) -> str:
+    path = run_dir / FIGURES_DIR / f"{name}.png"
+    if not path.is_file():
+        return ""
+    title = FIGURE_TITLES.get(name, name)
+    return f"<figure>{_img(path, f'{model} {title}')}<figcaption>{html.escape(model)}: {html.escape(title)}</figcaption></figure>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _load_runs(lab_dir: Path, models: list[str] | None) -> list[dict]:
+    names = models or sorted(p.name for p in lab_dir.iterdir() if (p / CONFIG_FILE).is_file())
+    runs = []
+    for name in names:
+        run_dir = lab_dir / name
+        if not (run_dir / CONFIG_FILE).is_file():
+            continue
+        train_config, model_config, info = read_config(run_dir)
+        from .models import get_model_class
+
+        cls = get_model_class(train_config.model)
+        eval_path = run_dir / EVAL_FILE
+        evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+        runs.append(
+            {
+                "name": name,
+                "dir": run_dir,
+                "family": cls.family,
+                "train": train_config,
+                "model": model_config,
+                "info": info,
+                "metrics": read_metrics(run_dir),
+                "eval": evaluation,
+            }
+        )
+    return runs
+
+
+def _summary_table(runs: list[dict]) -> str:
+    head = "<tr><th>model</th><th>family</th><th>parameters</th><th>latent</th><th>epochs</th><th>train seconds</th><th>final test losses</th></tr>"
+    rows = []
+    for r in runs:
+        last = r["metrics"][-1] if r["metrics"] else {}
+        seconds = sum(m.get("seconds", 0) for m in r["metrics"])
+        losses = ", ".join(f"{k} {_fmt(v)}" for k, v in last.get("test", {}).items())
+        rows.append(
+            f"<tr><td>{r['name']}</td><td>{r['family']}</td><td>{r['info'].get('parameters', '')}</td>"
+            f"<td>{r['model'].latent_dim}</td><td>{len(r['metrics'])}</td><td>{seconds:.1f}</td><td>{html.escape(losses)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _metrics_table(runs: list[dict]) -> str:
+    """The evaluation metrics (eval.json) side by side; blank where a metric does not apply."""
+    keys: list[str] = []
+    for r in runs:
+        for k, v in r["eval"].get("metrics", {}).items():
+            if isinstance(v, (int, float)) and k not in keys:
+                keys.append(k)
+    if not keys:
+        return ""
+    head = "<tr><th>metric</th>" + "".join(f"<th>{r['name']}</th>" for r in runs) + "</tr>"
+    body = []
+    for k in keys:
+        cells = "".join(f"<td>{_fmt(r['eval'].get('metrics', {}).get(k, ''))}</td>" for r in runs)
+        body.append(f"<tr><td>{html.escape(k)}</td>{cells}</tr>")
+    notes = {n for r in runs for n in r["eval"].get("notes", [])}
+    note_html = "".join(f"<li>{html.escape(n)}</li>" for n in sorted(notes))
+    return f"<h2>Measured</h2><table>{head}{''.join(body)}</table>" + (f"<ul class='note'>{note_html}</ul>" if note_html else "")
+
+
+def _warnings(run: dict) -> str:
+    warnings = [w for m in run["metrics"] for w in m.get("warnings", [])] + run["eval"].get("warnings", [])
+    if not warnings:
+        return ""
+    return "<ul class='warn'>" + "".join(f"<li>{html.escape(w)}</li>" for w in dict.fromkeys(warnings)) + "</ul>"
+
+
+def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
+    """Write `lab_dir/report.html` from the run folders inside it; returns its path."""
+    lab_dir = Path(lab_dir)
+    runs = _load_runs(lab_dir, models)
+    if not runs:
+        from .errors import RunFolderError
+
+        raise RunFolderError(f"{lab_dir} holds no run folders to report on")
+    data = runs[0]["info"].get("data", {})
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>genlab: autoencoders, VAEs and GANs</h1>",
+        f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Data: {html.escape(data.get('source', '?'))} "
+        f"({data.get('n_train', '?')} training, {data.get('n_test', '?')} test images).</p>",
+        "<h2>Summary</h2>",
+        _summary_table(runs),
+        _metrics_table(runs),
+        "<h2>Reconstruction-based vs adversarial</h2>",
+    ]
+    families = {f: [r for r in runs if r["family"] == f] for f in ("reconstruction", "adversarial")}
+    parts.append("<div class='row'>")
+    for family, members in families.items():
+        if not members:
+            continue
+        parts.append(f"<div class='col'><h3>{family.capitalize()}: {', '.join(r['name'] for r in members)}</h3>")
+        parts.append(f"<p>{FAMILY_TEXT[family]}</p></div>")
+    parts.append("</div>")
+    # The pictures that both families can show, next to each other.
+    for figure in ("samples", "interpolation", "losses"):
+        cells = [(r, _figure(r["dir"], figure, r["name"])) for r in runs]
+        cells = [(r, c) for r, c in cells if c]
+        if len(cells) < 2:
+            continue
+        parts.append(f"<h3>{FIGURE_TITLES[figure]}, side by side</h3><div class='row'>")
+        parts.extend(f"<div class='col'>{c}</div>" for _, c in cells)
+        parts.append("</div>")
+    for r in runs:
+        parts.append(f"<h2 id='{r['name']}'>{r['name']} ({r['family']})</h2>")
+        parts.append(f"<p class='note'>{html.escape(json.dumps({'train': r['info'].get('train'), 'model': r['info'].get('model')}))}</p>")
+        parts.append(_warnings(r))
+        parts.append("<div class='row'>")
+        for figure in FIGURE_TITLES:
+            cell = _figure(r["dir"], figure, r["name"])
+            if cell:
+                parts.append(f"<div class='col'>{cell}</div>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    path = lab_dir / "report.html"
+    atomic_write_text(path, "\n".join(parts))
+    return path
