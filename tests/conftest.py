@@ -1,0 +1,139 @@
+"""Shared fixtures: an isolated, offline environment, tiny synthetic IDX data, the real MNIST
+test set when it is around, and tiny trained runs that several test files look at.
+
+Every test runs with GENLAB_OFFLINE=1, its own empty XDG_CACHE_HOME, GENLAB_DATA unset and
+urllib's `urlopen` replaced by one that refuses, so nothing touches the network or the user's
+cache and every test sees the same data whatever the shell exported. Tests that want the real
+MNIST test set ask for the `mnist_dir` fixture, which reads the GENLAB_DATA the session started
+with (or `<repo root>/../shared/data/mnist`) and skips when the files are not there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Read once, before the per-test isolation below removes it from the environment.
+_SESSION_GENLAB_DATA = os.environ.get("GENLAB_DATA")
+# Also set at import, for session-scoped fixtures (monkeypatch is per test) and subprocesses.
+os.environ["GENLAB_OFFLINE"] = "1"
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
+os.environ.pop("GENLAB_DATA", None)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+N_TRAIN, N_TEST = 200, 60  # tiny: a 1-epoch run of any model takes well under a second
+
+
+def _refuse_network(*args, **kwargs):
+    raise OSError("network access is disabled in the test suite")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("GENLAB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("GENLAB_DATA", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", _refuse_network)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic data in IDX format
+# --------------------------------------------------------------------------------------------
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n images (n, 28, 28) uint8 with labels 0..9 in turn: class c is a cross whose bars sit at
+    row and column 4 + 2c, plus noise, so a model has something class-dependent to learn."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 4 + 2 * c, 3:25] = 255
+        images[i, 3:25, 4 + 2 * c] = 200
+    return images, labels
+
+
+def write_idx_folder(
+    folder: Path,
+    train: bool = True,
+    test: bool = True,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    compress: bool = True,
+) -> Path:
+    """Write the standard MNIST file names into `folder` with synthetic digits."""
+    from genlab.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    splits = []
+    if train:
+        splits.append((TRAIN_IMAGES, TRAIN_LABELS, synthetic_digits(n_train, seed=1)))
+    if test:
+        splits.append((TEST_IMAGES, TEST_LABELS, synthetic_digits(n_test, seed=2)))
+    for images_stem, labels_stem, (images, labels) in splits:
+        write_idx(folder / (images_stem + suffix), images)
+        write_idx(folder / (labels_stem + suffix), labels)
+    return folder
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    """A folder with all four MNIST file names (gzipped), N_TRAIN + N_TEST synthetic digits."""
+    return write_idx_folder(tmp_path / "tiny-idx")
+
+
+@pytest.fixture(scope="session")
+def session_data_dir(tmp_path_factory) -> Path:
+    """Like `tiny_data_dir`, shared by the session-scoped runs; do not modify it."""
+    return write_idx_folder(tmp_path_factory.mktemp("session-idx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(session_data_dir):
+    from genlab.data import load_dataset
+
+    return load_dataset("mnist", session_data_dir, allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST test set (GENLAB_DATA as the session started, else ../shared/data/mnist)."""
+    candidates = [Path(_SESSION_GENLAB_DATA)] if _SESSION_GENLAB_DATA else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "mnist")
+    for folder in candidates:
+        if any((folder / f"t10k-images-idx3-ubyte{s}").is_file() for s in (".gz", "")):
+            return folder
+    pytest.skip("the real MNIST test set is not available (set GENLAB_DATA to a folder holding t10k-*-ubyte.gz)")
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny trained runs, one per registered model
+# --------------------------------------------------------------------------------------------
+
+
+def tiny_train_config(model: str, data_dir: Path | None = None, **overrides):
+    from genlab import TrainConfig
+
+    values = dict(model=model, epochs=1, batch_size=32, seed=0, device="cpu", eval_batch_size=256)
+    values.update(overrides)
+    return TrainConfig(data_dir=str(data_dir) if data_dir else None, **values)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, session_data_dir, tiny_bundle) -> dict[str, Path]:
+    """name -> run folder: every registered model trained for 1 epoch on the tiny data, with
+    the data folder recorded in its config (so `genlab encode` etc. find the same data)."""
+    from genlab import MODELS, fit
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    return {
+        name: fit(tiny_train_config(name, session_data_dir), None, root / name, data=tiny_bundle, progress=False, log=lambda _: None)
+        for name in sorted(MODELS)
+    }
