@@ -33,7 +33,7 @@ class TrainConfig:
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
     epochs: int | None = None  # passes over the training split
-    batch_size: int = 128
+    batch_size: int | None = None  # images per optimizer step
     lr: float | None = None  # Adam learning rate (every optimizer of the model)
     seed: int = 0  # seeds weights, shuffling, noise: same seed + CPU = same run
     dataset: str = "mnist"  # mnist, fashion-mnist, kmnist
@@ -47,7 +47,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise GenlabError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise GenlabError(f"batch size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise GenlabError(f"learning rate must be a positive finite number, got {self.lr}")

@@ -57,7 +57,7 @@ RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 
 
 def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[TrainConfig, ModelConfig]:
-    """Fill the model family's defaults (epochs, lr) and validate both configs."""
+    """Fill the model family's defaults (epochs, lr, batch size) and validate both configs."""
     model_cls = get_model_class(train_config.model)
     model_config = model_config if model_config is not None else model_cls.config_class()
     if not isinstance(model_config, model_cls.config_class):
@@ -66,6 +66,8 @@ def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None 
         train_config.epochs = model_cls.default_epochs
     if train_config.lr is None:
         train_config.lr = model_cls.default_lr
+    if train_config.batch_size is None:
+        train_config.batch_size = model_cls.default_batch_size
     train_config.validate()
     model_config.validate()
     return train_config, model_config

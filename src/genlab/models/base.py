@@ -33,6 +33,7 @@ class GenerativeModel(nn.Module):
     phases: tuple[str, ...] = ("model",)  # optimizer groups, in the order they step each batch
     default_lr: float = 1e-3
     default_epochs: int = 20
+    default_batch_size: int = 128
     adam_betas: tuple[float, float] = (0.9, 0.999)
     conditional: bool = False  # True: sample/decode take digit labels
 

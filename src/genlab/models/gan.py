@@ -21,19 +21,23 @@ from ..config import ModelConfig
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import IMAGE_PIXELS, Flatten, Unflatten, mlp
+from .blocks import IMAGE_PIXELS, Flatten, Unflatten
 
 
 @dataclass
 class GANConfig(ModelConfig):
     latent_dim: int = 64  # noise size; GANs want more than 2 dimensions
-    hidden_dims: tuple[int, ...] = (256, 512)  # generator widths; the discriminator mirrors them
+    hidden_dims: tuple[int, ...] = (256, 512, 1024)  # generator widths; the discriminator mirrors them
+    batch_norm: bool = True  # batch norm in the generator's hidden layers (keeps G from collapsing early)
+    dropout: float = 0.3  # dropout in the discriminator's hidden layers (slows D down, fewer vanishing G gradients)
     label_smoothing: float = 0.0  # one-sided: real target = 1 − this (Salimans et al. 2016)
 
     def validate(self) -> None:
         super().validate()
         if not self.hidden_dims or min(self.hidden_dims) < 1:
             raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        if not 0 <= self.dropout < 1:
+            raise GenlabError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.label_smoothing < 0.5:
             raise GenlabError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -44,18 +48,21 @@ class GAN(GenerativeModel):
     family = "adversarial"
     phases = ("discriminator", "generator")
     default_lr = 2e-4
-    default_epochs = 60
+    default_epochs = 40
+    default_batch_size = 64  # more, smaller steps: the game needs steps more than large batches
     adam_betas = (0.5, 0.999)  # β1 = 0.5 (Radford et al. 2016): less momentum, fewer oscillations
 
     def __init__(self, config: GANConfig):
         super().__init__(config)
         hidden = list(config.hidden_dims)
-        self.generator = nn.Sequential(
-            mlp([config.latent_dim, *hidden, IMAGE_PIXELS], nn.LeakyReLU, negative_slope=0.2), Unflatten()
-        )
-        self.discriminator = nn.Sequential(
-            Flatten(), mlp([IMAGE_PIXELS, *reversed(hidden), 1], nn.LeakyReLU, negative_slope=0.2)
-        )
+        g_layers: list[nn.Module] = []
+        for n_in, n_out in zip([config.latent_dim, *hidden[:-1]], hidden):
+            g_layers += [nn.Linear(n_in, n_out), *([nn.BatchNorm1d(n_out)] if config.batch_norm else []), nn.LeakyReLU(0.2)]
+        self.generator = nn.Sequential(*g_layers, nn.Linear(hidden[-1], IMAGE_PIXELS), Unflatten())  # (B, z) -> (B, 1, 28, 28) logits
+        d_layers: list[nn.Module] = [Flatten()]
+        for n_in, n_out in zip([IMAGE_PIXELS, *hidden[::-1][:-1]], hidden[::-1]):
+            d_layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2), *([nn.Dropout(config.dropout)] if config.dropout else [])]
+        self.discriminator = nn.Sequential(*d_layers, nn.Linear(hidden[0], 1))  # (B, 1, 28, 28) -> (B, 1) logits
 
     def phase_parameters(self, phase):
         return list((self.discriminator if phase == "discriminator" else self.generator).parameters())
