@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from statistics import NormalDist
 
 import matplotlib
 
@@ -105,13 +106,8 @@ def manifold_grid(run: Run, x: torch.Tensor, n: int = 15) -> np.ndarray:
     z = run.encode(x).numpy()
     points, _, components, mean = _project_2d(z)
     if run.model.can_sample:
-        try:
-            from scipy.stats import norm
-
-            axis = norm.ppf(np.linspace(0.05, 0.95, n))
-            axes = (axis, axis)
-        except ImportError:  # pragma: no cover - scipy is a dependency
-            axes = (np.linspace(-2, 2, n),) * 2
+        axis = np.array([NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)])
+        axes = (axis, axis)
     else:
         low, high = np.percentile(points, 2, axis=0), np.percentile(points, 98, axis=0)
         axes = (np.linspace(low[0], high[0], n), np.linspace(low[1], high[1], n))
