@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
+from .health import epoch_health
 from .models import GenerativeModel, get_model_class
 from .runs import (
     CHECKPOINT_FILE,
@@ -50,7 +51,8 @@ from .runs import (
     write_config,
     write_metrics,
 )
-from .utils import pick_device, seed_everything
+from .report import EVAL_FILE
+from .utils import TMP_SUFFIX, pick_device, seed_everything
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
@@ -93,7 +95,8 @@ def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) 
     }
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an unusable output folder before anything is read, built or written."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"output path {run_dir} exists and is not a folder")
     existing = run_dir.is_dir() and any(run_dir.iterdir())
@@ -101,13 +104,23 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise RunFolderError(f"output folder {run_dir} already exists: use --resume to continue it or --overwrite to replace it")
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RunFolderError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create (or, for --overwrite, clear) the folder. Called only once the configs, the data
+    and the checkpoint have been checked, so a refused run never deletes an old one."""
     try:
+        existing = run_dir.is_dir() and any(run_dir.iterdir())
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
-            for name in RUN_FILES:
+            for name in (*RUN_FILES, EVAL_FILE):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / FIGURES_DIR, ignore_errors=True)
+        # Temporary files a killed process left mid-write: never read, safe to remove.
+        for name in RUN_FILES:
+            for stale in run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
         probe = run_dir / ".genlab-write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -116,6 +129,11 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _save_checkpoint(run_dir, model, optimizers, state: LoopState, shuffle_state, running: dict, metrics_rows) -> None:
+    # A finite loss does not prove finite weights (the step after it may overflow): check the
+    # weights themselves, once per checkpoint, so the checkpoint on disk is always a good one.
+    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        lr = next(iter(optimizers.values())).param_groups[0]["lr"]
+        raise TrainingDiverged(_diverged_message("weights", state.step, state.epoch, lr))
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_meta = {}
     for phase, opt in optimizers.items():
@@ -135,11 +153,12 @@ def _save_checkpoint(run_dir, model, optimizers, state: LoopState, shuffle_state
         "loop": state.__dict__,
         "optimizers": optim_meta,
         "n_metrics_rows": len(metrics_rows),
+        "metrics": metrics_rows,  # the log as of this checkpoint: metrics.jsonl is rebuilt from it on resume
     }
     save_tensors(run_dir / CHECKPOINT_FILE, tensors, meta)
 
 
-def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch.Tensor, dict]:
+def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch.Tensor, dict, list[dict]]:
     path = run_dir / CHECKPOINT_FILE
     tensors, meta = load_tensors(path)
     if meta.get("model") != model.name:
@@ -164,9 +183,32 @@ def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch
             torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
         shuffle_state = tensors["rng.shuffle"]
         running = {k[len("running.") :]: v for k, v in tensors.items() if k.startswith("running.")}
+        metrics_rows = meta["metrics"] if "metrics" in meta else read_metrics(run_dir)[: state.epoch]
+        if not isinstance(metrics_rows, list) or len(metrics_rows) != state.epoch:
+            raise ValueError(f"{len(metrics_rows)} metrics rows for {state.epoch} finished epochs")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunFolderError(f"{path}: checkpoint is incomplete or does not fit this model ({str(e)[:120]})") from None
-    return state, shuffle_state, running
+    return state, shuffle_state, running, metrics_rows
+
+
+def _check_same_data(run_dir: Path, saved_info: dict, data: DataBundle) -> None:
+    """A resumed run must see the data it started with, or it would not be the same run."""
+    saved = saved_info.get("data") if isinstance(saved_info.get("data"), dict) else {}
+    if saved.get("sha256") and saved["sha256"] != data.sha256:
+        raise RunFolderError(
+            f"{run_dir} was trained on other data ({saved.get('source', '?')}, sha256 {saved['sha256'][:12]}) than found now "
+            f"({data.source}, sha256 {data.sha256[:12]}): resume with the same data (--data DIR or GENLAB_DATA)"
+        )
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    """Where the last good checkpoint is, for the message of a stopped run."""
+    path = run_dir / CHECKPOINT_FILE
+    try:
+        meta = load_tensors(path)[1]
+        return f"the last good checkpoint (step {meta['loop']['step']}, {meta['loop']['epoch']} epochs done) is kept in {path}"
+    except (GenlabError, KeyError, TypeError):
+        return "no checkpoint was written before it (--checkpoint-every STEPS saves more often)"
 
 
 @torch.inference_mode()
@@ -205,13 +247,16 @@ def fit(
     """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
 
     `stop_after_steps` ends the loop after that many optimizer steps in this call, as if the
-    process had been killed right after a checkpoint (used by the crash/resume tests).
+    process had been killed there: what was not checkpointed is lost (used by the crash tests).
     """
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, overwrite)
+    # Everything that can refuse the run (folder, configs, data, checkpoint) is checked before
+    # anything is written, so a refused command never touches an existing run.
+    _check_run_dir(run_dir, resume, overwrite)
+    saved_info: dict = {}
     if resume:
         # The saved config wins: a resumed run continues exactly what was started.
-        saved_train, model_config, _ = read_config(run_dir)
+        saved_train, model_config, saved_info = read_config(run_dir)
         if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
             saved_train.epochs = train_config.epochs  # allow extending a finished run
         saved_train.validate()
@@ -224,6 +269,8 @@ def fit(
         data = load_dataset(cfg.dataset, cfg.data_dir)
         for note in data.notes:
             log(f"data: {note}")
+    if resume:
+        _check_same_data(run_dir, saved_info, data)
     x_train, y_train = data.tensors("train", device)
     x_test, y_test = data.tensors("test", device)
     n_train = len(x_train)
@@ -243,19 +290,23 @@ def fit(
     metrics_rows: list[dict] = []
     epoch_start_shuffle = shuffle_gen.get_state()
     if resume and (run_dir / CHECKPOINT_FILE).is_file():
-        state, epoch_start_shuffle, running = _load_checkpoint(run_dir, model, optimizers)
+        state, epoch_start_shuffle, running, metrics_rows = _load_checkpoint(run_dir, model, optimizers)
+        if state.epoch > cfg.epochs:
+            raise GenlabError(f"{run_dir} has already trained {state.epoch} epochs: ask for --epochs {state.epoch} or more")
         running = {k: v.to(device) for k, v in running.items()}
         shuffle_gen.set_state(epoch_start_shuffle)
-        # Keep exactly the rows the checkpoint knew of: a row written after it is redone.
-        metrics_rows = read_metrics(run_dir)[: state.epoch]
         log(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
-    else:
-        write_config(
-            run_dir,
-            cfg,
-            model_config,
-            {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in all_params)},
-        )
+
+    _prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        # The checkpoint's rows are the log: a row written after it (or lost before it) is
+        # put right now, so metrics.jsonl never has gaps or duplicates.
+        write_metrics(run_dir, metrics_rows)
+    if not resume:
+        info = {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in all_params)}
+        write_config(run_dir, cfg, model_config, info)
+    elif saved_info["train"].get("epochs") != cfg.epochs:  # extended: record the new length
+        write_config(run_dir, cfg, model_config, {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")})
 
     model.train()
     steps_this_call = 0
@@ -313,10 +364,7 @@ def fit(
                     _check_finite(recent_losses, state, cfg)
                     state.epoch_seconds += time.perf_counter() - t0
                     _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
-                    raise GenlabError(
-                        f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: "
-                        f"continue with: genlab resume {run_dir}"
-                    )
+                    raise _interrupted(state, run_dir)
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                     bar.close()
                     return run_dir
@@ -329,6 +377,7 @@ def fit(
             train_logs = {k: float(v) / n_seen for k, v in running.items()}
             t_eval = time.perf_counter()
             test_logs = evaluate_split(model, x_test, y_test, cfg.eval_batch_size, cfg.seed)
+            health, warnings = epoch_health(model, train_logs, metrics_rows, cfg.seed)
             row = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
@@ -337,7 +386,10 @@ def fit(
                 "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
                 "train": train_logs,
                 "test": test_logs,
+                "health": health,
             }
+            if warnings:
+                row["warnings"] = warnings  # shown by report.html
             metrics_rows.append(row)
             state.epoch += 1
             state.step_in_epoch = 0
@@ -349,10 +401,22 @@ def fit(
             _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
             write_metrics(run_dir, metrics_rows)
             log(_epoch_line(model.name, row, cfg.epochs))
+            for warning in warnings:
+                log(f"warning: {warning}")
+            if interrupted.is_set and state.epoch < cfg.epochs:  # Ctrl-C during the evaluation
+                raise _interrupted(state, run_dir)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}; {_checkpoint_note(run_dir)}") from None
     finally:
         interrupted.restore()
     save_weights(run_dir, model)
     return run_dir
+
+
+def _interrupted(state: LoopState, run_dir: Path) -> GenlabError:
+    return GenlabError(
+        f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: continue with: genlab resume {run_dir}"
+    )
 
 
 class _InterruptFlag:
@@ -387,10 +451,13 @@ def _check_finite(recent: list[tuple[int, torch.Tensor]], state: LoopState, cfg:
         recent.clear()
         return
     bad_step = recent[int((~finite).nonzero()[0])][0]
-    raise TrainingDiverged(
-        f"loss or gradient became NaN/inf at step {bad_step} (epoch {state.epoch + 1}); "
-        f"the learning rate {cfg.lr:g} is probably too high (try --lr {cfg.lr / 10:g} or --grad-clip 1.0); "
-        "the last good checkpoint is kept"
+    raise TrainingDiverged(_diverged_message("loss or gradient", bad_step, state.epoch, cfg.lr))
+
+
+def _diverged_message(what: str, step: int, epochs_done: int, lr: float) -> str:
+    return (
+        f"{what} became NaN/inf at step {step} (epoch {epochs_done + 1}): the learning rate {lr:g} is probably "
+        f"too high (try --lr {lr / 10:g} or --grad-clip 1.0)"
     )
 
 

@@ -13,6 +13,8 @@ import torch
 
 from .errors import GenlabError
 
+TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU; `requested` overrides ('cpu', 'cuda', 'cuda:1', 'mps')."""
@@ -52,21 +54,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     Temporary file in the same folder, fsync, then rename (atomic on POSIX), then fsync the
     folder so the rename itself survives power loss.
+
+    A failed write (disk full, no permission) raises GenlabError naming the file; the old file,
+    if there was one, is left as it was and no temporary file is left behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError):
+            kept = "the previous version is kept" if path.is_file() else "nothing was written"
+            raise GenlabError(f"cannot write {path}: {e.strerror or e} ({kept})") from None
         raise
     _fsync_dir(path.parent)
 

@@ -23,6 +23,10 @@ from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import IMAGE_PIXELS, Flatten, Unflatten
 
+# An epoch-mean discriminator loss below this counts as "D wins every step": at the game's
+# equilibrium it is 2·log 2 ≈ 1.39; 0.05 means D(x) ≈ 0.98 and D(G(z)) ≈ 0.02 throughout.
+D_LOSS_COLLAPSE = 0.05
+
 
 @dataclass
 class GANConfig(ModelConfig):
@@ -78,6 +82,18 @@ class GAN(GenerativeModel):
     def sample(self, n, generator=None, labels=None) -> torch.Tensor:
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
         return self.generate(z)
+
+    def health_warnings(self, train_logs: dict[str, float]) -> list[str]:
+        """Read once per epoch by genlab.health: an epoch-mean d_loss near 0 means D won nearly
+        every step of it, so G's gradient vanishes or G collapses (Arjovsky & Bottou 2017,
+        https://arxiv.org/abs/1701.04862)."""
+        d_loss = train_logs.get("d_loss")
+        if d_loss is not None and d_loss < D_LOSS_COLLAPSE:
+            return [
+                f"discriminator loss {d_loss:.3g} (epoch mean) is near 0: D tells every fake apart, so the generator "
+                "learns little or collapses; try a lower --lr or --label-smoothing 0.1"
+            ]
+        return []
 
     def loss(self, x, y, phase, cache) -> LossOutput:
         if "z" not in cache:
