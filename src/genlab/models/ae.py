@@ -16,18 +16,21 @@ from ..config import ModelConfig
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import IMAGE_PIXELS, Flatten, Unflatten, mlp
+from .blocks import check_arch, encoder_decoder
 
 
 @dataclass
 class AEConfig(ModelConfig):
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths (arch "mlp"); the decoder mirrors them
+    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
+    channels: tuple[int, ...] = (32, 64)  # conv channels after the first and second convolution (arch "conv")
 
     def validate(self) -> None:
         super().validate()
         if not self.hidden_dims or min(self.hidden_dims) < 1:
             raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_arch(self.arch, self.channels)
 
 
 @register("ae")
@@ -37,9 +40,9 @@ class AE(GenerativeModel):
 
     def __init__(self, config: AEConfig):
         super().__init__(config)
-        hidden = list(config.hidden_dims)
-        self.encoder = torch.nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, config.latent_dim]))
-        self.decoder = torch.nn.Sequential(mlp([config.latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
+        self.encoder, self.decoder = encoder_decoder(
+            config.arch, config.latent_dim, config.latent_dim, config.hidden_dims, config.channels
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) -> (B, latent_dim)."""

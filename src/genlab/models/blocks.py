@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..errors import GenlabError
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 28 * 28
@@ -30,3 +34,94 @@ class Unflatten(nn.Module):
 
     def forward(self, x):
         return x.view(-1, *IMAGE_SHAPE)
+
+
+# --- convolutional builders for 28×28 images (AE, VAE, CVAE, AAE, DCGAN, WGAN-GP, CGAN) -------
+# Two stride-2 convolutions take 28×28 to 7×7 and two stride-2 transposed convolutions take 7×7
+# back to 28×28 (kernel 4, padding 1: an even overlap, so fewer checkerboard artefacts than
+# kernel 3; Radford et al. 2016, https://arxiv.org/abs/1511.06434). Channel counts are small
+# on purpose: these run on a 2-core CPU in the lab budget.
+
+FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
+
+
+def _norm2d(kind: str | None, channels: int) -> list[nn.Module]:
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if kind == "layer":  # per-example normalisation: allowed in a WGAN-GP critic, batch norm is not
+        return [nn.GroupNorm(1, channels)]
+    return []
+
+
+def conv_features(channels: tuple[int, int] = (32, 64), norm: str | None = None, slope: float = 0.2) -> nn.Sequential:
+    """(B, 1, 28, 28) -> (B, channels[1]·7·7): two stride-2 convolutions with leaky ReLU.
+
+    `norm`: None, "batch" or "layer", applied after the second convolution (never the first,
+    as in DCGAN: normalising the input layer hurts).
+    """
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
+        nn.LeakyReLU(slope),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
+        *_norm2d(norm, c2),
+        nn.LeakyReLU(slope),
+        nn.Flatten(),  # (B, c2·49)
+    )
+
+
+def conv_encoder(out_dim: int, channels: tuple[int, int] = (32, 64), norm: str | None = None) -> nn.Sequential:
+    """(B, 1, 28, 28) -> (B, out_dim): conv features, then one linear head."""
+    return nn.Sequential(conv_features(channels, norm), nn.Linear(channels[1] * FEATURE_SIDE**2, out_dim))
+
+
+def conv_decoder(in_dim: int, channels: tuple[int, int] = (32, 64), batch_norm: bool = False) -> nn.Sequential:
+    """(B, in_dim) -> pixel logits (B, 1, 28, 28); mirrors `conv_encoder` with the same `channels`.
+
+    `batch_norm` after each hidden layer: DCGAN's generator stabiliser; off for autoencoders,
+    whose reconstructions should not depend on the other images in the batch.
+    """
+    c1, c2 = channels
+    bn1d = [nn.BatchNorm1d(c2 * FEATURE_SIDE**2)] if batch_norm else []
+    bn2d = [nn.BatchNorm2d(c1)] if batch_norm else []
+    return nn.Sequential(
+        nn.Linear(in_dim, c2 * FEATURE_SIDE**2),
+        *bn1d,
+        nn.ReLU(),
+        nn.Unflatten(1, (c2, FEATURE_SIDE, FEATURE_SIDE)),  # (B, c2, 7, 7)
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
+        *bn2d,
+        nn.ReLU(),
+        nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28)
+    )
+
+
+def encoder_decoder(arch: str, code_dim: int, latent_dim: int, hidden_dims, channels) -> tuple[nn.Module, nn.Module]:
+    """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder.
+
+    arch "mlp": fully connected with `hidden_dims` (decoder mirrored); "conv": `conv_encoder` /
+    `conv_decoder` with `channels`. AE, VAE, CVAE and AAE share this, so `--arch` means the same
+    thing in each.
+    """
+    if arch == "conv":
+        return conv_encoder(code_dim, tuple(channels)), conv_decoder(latent_dim, tuple(channels))
+    hidden = list(hidden_dims)
+    encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))
+    decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
+    return encoder, decoder
+
+
+ARCHS = ("mlp", "conv")
+
+
+def check_arch(arch: str, channels) -> None:
+    """Validation shared by the configs that have `arch` and `channels` fields."""
+    if arch not in ARCHS:
+        raise GenlabError(f"arch must be 'mlp' or 'conv', got '{arch}'")
+    if len(channels) != 2 or min(channels) < 1:
+        raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(channels)}")
+
+
+def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """(B,) long -> (B, num_classes) float."""
+    return F.one_hot(labels, num_classes).float()

@@ -22,17 +22,20 @@ from ..config import ModelConfig
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import IMAGE_PIXELS, Flatten, Unflatten, mlp
+from .blocks import check_arch, encoder_decoder
 
 # log σ² is clamped to this range: σ from e^-5 to e^5. Keeps exp() finite when the encoder
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
 LOGVAR_RANGE = (-10.0, 10.0)
+ACTIVE_KL = 0.01  # nats: a latent dimension with less KL than this is counted as collapsed
 
 
 @dataclass
 class VAEConfig(ModelConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths (arch "mlp"); the decoder mirrors them
+    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
+    channels: tuple[int, ...] = (32, 64)  # conv channels after the first and second convolution (arch "conv")
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: str = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
 
@@ -40,6 +43,7 @@ class VAEConfig(ModelConfig):
         super().validate()
         if not self.hidden_dims or min(self.hidden_dims) < 1:
             raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_arch(self.arch, self.channels)
         if not self.beta >= 0:
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
         if self.recon_loss not in ("mse", "bce"):
@@ -65,10 +69,10 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
-        hidden = list(config.hidden_dims)
         # One head gives μ and log σ² side by side: (B, 2·D).
-        self.encoder = torch.nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, 2 * config.latent_dim]))
-        self.decoder = torch.nn.Sequential(mlp([config.latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
+        self.encoder, self.decoder = encoder_decoder(
+            config.arch, 2 * config.latent_dim, config.latent_dim, config.hidden_dims, config.channels
+        )
 
     def encode_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 28, 28) -> μ (B, D), log σ² (B, D)."""
@@ -104,4 +108,22 @@ class VAE(GenerativeModel):
         logs = {"loss": loss, "recon": recon, "kl": kl}
         if not self.training:
             logs["mse"] = (torch.sigmoid(logits) - x).pow(2).mean()
+            # Posterior collapse at a glance: how many dimensions carry information (KL above
+            # ACTIVE_KL nats). Eval only, so the training step stays as cheap as before; the
+            # per-dimension values come from `kl_per_dimension`.
+            logs["active_dims"] = (kl_per_dim > ACTIVE_KL).sum().float()
         return LossOutput(loss=loss, logs=logs)
+
+    @torch.inference_mode()
+    def kl_per_dimension(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per latent dimension, averaged over the images x: (D,) in nats.
+
+        The values sum to the model's KL term. A dimension near 0 is unused (collapsed to the
+        prior); with β > 1 fewer dimensions stay active (Higgins et al. 2017,
+        https://openreview.net/forum?id=Sy2fzU9gl; Burda et al. 2015 count "active units").
+        """
+        total = torch.zeros(self.config.latent_dim, device=x.device)
+        for start in range(0, len(x), batch_size):
+            mu, logvar = self.encode_distribution(x[start : start + batch_size])
+            total += gaussian_kl(mu, logvar).sum(0)
+        return total / len(x)

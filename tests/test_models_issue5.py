@@ -1,0 +1,376 @@
+"""The models of issue 5 beyond the generic interface (tests/test_models.py covers that for every
+registered model): conv variants of AE/VAE, the VAE's KL per dimension, DCGAN, WGAN-GP's
+gradient penalty against hand computations, the conditional models' use of labels, the AAE,
+and one real training step of each through the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import synthetic_digits, tiny_train_config
+from genlab import fit, load_run
+from genlab.cli import build_parser, main
+from genlab.errors import GenlabError
+from genlab.models import MODELS
+from genlab.models.aae import AAE, AAEConfig
+from genlab.models.ae import AE, AEConfig
+from genlab.models.blocks import conv_decoder, conv_encoder
+from genlab.models.cgan import CGAN, CGANConfig
+from genlab.models.cvae import CVAE, CVAEConfig
+from genlab.models.dcgan import DCGAN, DCGANConfig
+from genlab.models.vae import VAE, VAEConfig
+from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
+
+NEW_MODELS = ("dcgan", "wgan_gp", "cvae", "cgan", "aae")
+SMALL = dict(channels=(4, 8))  # conv channels small enough for a fast test
+
+
+def _batch(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = synthetic_digits(n, seed=5)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def _input_recorder(module: nn.Module) -> list[torch.Tensor]:
+    """Record the first positional input of every call of `module`."""
+    seen: list[torch.Tensor] = []
+    module.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    return seen
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutional blocks and the arch option of AE / VAE
+# --------------------------------------------------------------------------------------------
+
+
+def test_conv_blocks_shapes():
+    x = torch.rand(3, 1, 28, 28)
+    assert conv_encoder(5, (4, 8))(x).shape == (3, 5)
+    assert conv_decoder(7, (4, 8))(torch.randn(3, 7)).shape == (3, 1, 28, 28)
+    assert conv_decoder(7, (4, 8), batch_norm=True)(torch.randn(3, 7)).shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(AE, AEConfig), (VAE, VAEConfig)])
+def test_conv_arch_of_ae_and_vae(cls, config_cls):
+    model = cls(config_cls(latent_dim=3, arch="conv", **SMALL)).eval()
+    assert any(isinstance(m, nn.Conv2d) for m in model.encoder.modules())
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in model.decoder.modules())
+    x, y = _batch()
+    with torch.no_grad():
+        assert model.encode(x).shape == (20, 3)
+        out = model.reconstruct(x)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.isfinite(model.loss(x, y, "model", {}).loss)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(AE, AEConfig), (VAE, VAEConfig)])
+def test_mlp_arch_keeps_the_weight_names(cls, config_cls):
+    """Runs saved before `arch` existed still load: the MLP's tensors keep their names."""
+    keys = set(cls(config_cls()).state_dict())
+    assert {"encoder.1.0.weight", "decoder.0.0.weight"} <= keys
+    assert not any(isinstance(m, nn.Conv2d) for m in cls(config_cls()).modules())
+
+
+@pytest.mark.parametrize("config_cls", [AEConfig, VAEConfig, CVAEConfig, AAEConfig])
+def test_arch_and_channels_are_validated(config_cls):
+    with pytest.raises(GenlabError, match="arch must be"):
+        config_cls(arch="rnn").validate()
+    with pytest.raises(GenlabError, match="channels"):
+        config_cls(arch="conv", channels=(8,)).validate()
+
+
+def test_new_options_reach_the_command_line():
+    parser = build_parser()
+    for argv, dest, value in [
+        (["train", "vae", "--arch", "conv"], "arch", "conv"),
+        (["train", "wgan_gp", "--critic-steps", "3"], "critic_steps", 3),
+        (["train", "dcgan", "--label-smoothing", "0.1"], "label_smoothing", 0.1),
+        (["train", "cvae", "--plot-digit", "3"], "plot_digit", 3),
+        (["train", "aae", "--adv-weight", "2"], "adv_weight", 2.0),
+    ]:
+        assert getattr(parser.parse_args(argv), dest) == value
+
+
+# --------------------------------------------------------------------------------------------
+# β-VAE: the KL per latent dimension
+# --------------------------------------------------------------------------------------------
+
+
+def test_kl_per_dimension_sums_to_the_kl_term():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=4, hidden_dims=(16,))).eval()
+    x, y = _batch(30)
+    per_dim = model.kl_per_dimension(x, batch_size=7)  # uneven batches: the mean must still be exact
+    assert per_dim.shape == (4,) and bool((per_dim >= 0).all())
+    logs = model.eval_losses(x, y)
+    assert float(per_dim.sum()) == pytest.approx(float(logs["kl"]), rel=1e-5)
+    assert float(logs["active_dims"]) == float((per_dim > 0.01).sum())
+
+
+def test_active_dims_counts_only_informative_dimensions():
+    """Dimension 0 follows the image, dimension 1 is the prior exactly (collapsed): 1 active."""
+    model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,))).eval()
+    head = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)][-1]  # -> (μ0, μ1, logσ²0, logσ²1)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[0] = 1.5  # μ0 = 1.5 for every image: KL = 1.5² / 2
+    x, y = _batch()
+    per_dim = model.kl_per_dimension(x)
+    torch.testing.assert_close(per_dim, torch.tensor([1.125, 0.0]))
+    assert float(model.eval_losses(x, y)["active_dims"]) == 1.0
+    assert "active_dims" not in model.train().loss(x, y, "model", {}).logs  # the training step stays lean
+
+
+# --------------------------------------------------------------------------------------------
+# DCGAN
+# --------------------------------------------------------------------------------------------
+
+
+def test_dcgan_architecture_follows_the_recipe():
+    model = DCGAN(DCGANConfig(**SMALL))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.generator.modules())
+    assert any(isinstance(m, nn.LeakyReLU) for m in model.features.modules())
+    assert isinstance(model.features[0], nn.Conv2d) and not isinstance(model.features[1], nn.BatchNorm2d)  # no norm on the input layer
+    assert model.adam_betas[0] == 0.5
+    plain = DCGAN(DCGANConfig(d_norm="none", **SMALL))
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in plain.features.modules())
+    with pytest.raises(GenlabError, match="d_norm"):
+        DCGANConfig(d_norm="spectral").validate()
+
+
+def test_dcgan_label_smoothing_changes_only_the_real_target():
+    x, y = _batch(16)
+    losses = {}
+    for smoothing in (0.0, 0.2):
+        torch.manual_seed(0)
+        model = DCGAN(DCGANConfig(label_smoothing=smoothing, **SMALL)).train()
+        cache = {"z": torch.randn(16, model.config.latent_dim)}
+        out = model.loss(x, y, "discriminator", cache)
+        with torch.no_grad():
+            torch.manual_seed(0)
+            real_logits = model.critic(x)
+        losses[smoothing] = (float(out.loss), real_logits)
+    (plain, real_logits), (smoothed, _) = losses[0.0], losses[0.2]
+    # BCE(l, t) differs between targets 1 and 0.8 by 0.2·l per example (the fake half is unchanged)
+    assert smoothed - plain == pytest.approx(float((0.2 * real_logits).mean()), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# WGAN-GP: the gradient penalty by hand
+# --------------------------------------------------------------------------------------------
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    """D(x) = w·x + b has the gradient w everywhere: the penalty is (|w| − 1)², whatever ε,
+    and its gradient with respect to w is 2 (|w| − 1) w / |w|."""
+    critic = nn.Sequential(nn.Flatten(), nn.Linear(6, 1))
+    with torch.no_grad():
+        critic[1].weight.copy_(torch.tensor([[1.0, 2.0, -2.0, 0.0, 0.0, 0.0]]))  # |w| = 3
+    real, fake = torch.rand(5, 1, 2, 3), torch.rand(5, 1, 2, 3)
+    gp = gradient_penalty(lambda t: critic(t).squeeze(1), real, fake, torch.rand(5))
+    assert float(gp) == pytest.approx((3.0 - 1.0) ** 2)
+    gp.backward()  # the penalty must train the critic (create_graph=True)
+    w = critic[1].weight.detach()
+    torch.testing.assert_close(critic[1].weight.grad, 2 * (3.0 - 1.0) * w / 3.0)
+
+
+def test_gradient_penalty_uses_one_epsilon_per_example():
+    """D(x) = |x|²/2 has the gradient x: at x̂ = ε·real + (1 − ε)·fake the norm is |x̂|."""
+    real = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]).view(3, 1, 1, 2)
+    fake = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).view(3, 1, 1, 2)
+    eps = torch.tensor([0.5, 0.25, 1.0])
+    # |x̂| per example: 0.5·1 = 0.5, 0.25·2 = 0.5, 1·5 = 5
+    expected = ((0.5 - 1) ** 2 + (0.5 - 1) ** 2 + (5 - 1) ** 2) / 3
+    gp = gradient_penalty(lambda t: 0.5 * t.pow(2).flatten(1).sum(1), real, fake, eps)
+    assert float(gp) == pytest.approx(expected)
+
+
+def test_wgan_critic_loss_assembles_w_and_penalty():
+    torch.manual_seed(0)
+    model = WGANGP(WGANGPConfig(gp_weight=7.0, critic_steps=2, **SMALL)).train()
+    x, y = _batch(12)
+    torch.manual_seed(1)
+    out = model.loss(x, y, "critic", {})
+    torch.manual_seed(1)  # the same noise and ε, by hand
+    z = torch.randn(12, model.config.latent_dim)
+    with torch.no_grad():
+        fake = model.generate(z)
+    eps = torch.rand(12)
+    w = model.critic(x).mean() - model.critic(fake).mean()
+    gp = gradient_penalty(model.critic, x, fake, eps)
+    assert float(out.loss) == pytest.approx(float(-w + 7.0 * gp), rel=1e-5)
+    # logs are shares of the mean over the two critic steps
+    assert float(out.logs["wasserstein"]) == pytest.approx(float(w) / 2, rel=1e-5)
+    assert float(out.logs["gp"]) == pytest.approx(float(gp) / 2, rel=1e-5)
+
+
+def test_wgan_phases_and_recipe():
+    model = WGANGP(WGANGPConfig(critic_steps=3, **SMALL))
+    assert model.phases == ("critic", "critic", "critic", "generator")
+    assert WGANGP.phases == ("discriminator", "generator")  # per instance, the class is untouched
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.features.modules())
+    assert model.head.bias is None
+    with pytest.raises(GenlabError, match="batch norm"):
+        WGANGPConfig(d_norm="batch").validate()
+    with pytest.raises(GenlabError, match="critic_steps"):
+        WGANGPConfig(critic_steps=0).validate()
+
+
+def test_wgan_eval_reports_the_penalty_under_inference_mode():
+    torch.manual_seed(0)
+    model = WGANGP(WGANGPConfig(**SMALL)).eval()
+    x, y = _batch()
+    with torch.inference_mode():
+        logs = model.eval_losses(x, y)
+    assert set(logs) == {"critic_loss", "wasserstein", "gp", "g_loss"}
+    assert all(torch.isfinite(v) for v in logs.values()) and float(logs["gp"]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Conditional models: labels are used
+# --------------------------------------------------------------------------------------------
+
+
+def _conditional(name: str):
+    torch.manual_seed(0)
+    if name == "cgan":
+        return CGAN(CGANConfig(**SMALL)).eval(), "generator"
+    return CVAE(CVAEConfig(**SMALL)).eval(), "decoder"
+
+
+@pytest.mark.parametrize("name", ["cgan", "cvae"])
+def test_conditional_sampling_feeds_the_labels(name):
+    model, net = _conditional(name)
+    assert model.conditional
+    first_layer = [m for m in getattr(model, net).modules() if isinstance(m, nn.Linear)][0]
+    seen = _input_recorder(first_layer)
+    labels = torch.tensor([7, 7, 3, 0, 9])
+    with torch.no_grad():
+        images = model.sample(5, generator=torch.Generator().manual_seed(1), labels=labels)
+        assert images.shape == (5, 1, 28, 28)
+        torch.testing.assert_close(seen[-1][:, -10:], F.one_hot(labels, 10).float())  # the digits, one-hot
+        sevens = model.sample(4, generator=torch.Generator().manual_seed(1), labels=torch.full((4,), 7))
+        threes = model.sample(4, generator=torch.Generator().manual_seed(1), labels=torch.full((4,), 3))
+        assert not torch.equal(sevens, threes)  # same noise, other digit: other images
+        torch.testing.assert_close(seen[-1][:, :-10], seen[-2][:, :-10])  # ... and the noise was the same
+        model.sample(12)  # no labels: every digit in turn
+        torch.testing.assert_close(seen[-1][:, -10:].argmax(1), torch.arange(12) % 10)
+
+
+@pytest.mark.parametrize("name", ["cgan", "cvae"])
+def test_conditional_sampling_refuses_bad_labels(name):
+    model, _ = _conditional(name)
+    with pytest.raises(GenlabError, match="labels"):
+        model.sample(3, labels=torch.tensor([1, 2]))
+    with pytest.raises(GenlabError, match="digits 0 to 9"):
+        model.sample(2, labels=torch.tensor([3, 10]))
+
+
+def test_cgan_discriminator_projects_the_label():
+    model, _ = _conditional("cgan")
+    with torch.no_grad():
+        model.embed.weight.normal_()
+    x, _ = _batch(4)
+    with torch.no_grad():
+        a, b = model.critic(x, torch.full((4,), 1)), model.critic(x, torch.full((4,), 2))
+        phi = model.features(x * 2 - 1)
+        torch.testing.assert_close(a - b, phi @ (model.embed.weight[1] - model.embed.weight[2]))
+
+
+def test_cgan_fakes_take_the_real_batch_labels():
+    torch.manual_seed(0)
+    model = CGAN(CGANConfig(**SMALL)).train()
+    seen = _input_recorder([m for m in model.generator.modules() if isinstance(m, nn.Linear)][0])
+    x, y = _batch(10)
+    model.loss(x, y, "discriminator", {})
+    torch.testing.assert_close(seen[-1][:, -10:].argmax(1), y)
+
+
+def test_cvae_loss_pieces_and_label_free_helpers():
+    torch.manual_seed(0)
+    model = CVAE(CVAEConfig(beta=2.0, classifier_weight=0.5, **SMALL)).train()
+    x, y = _batch()
+    out = model.loss(x, y, "model", {})
+    logs = {k: float(v) for k, v in out.logs.items()}
+    assert float(out.loss) == pytest.approx(logs["recon"] + 2.0 * logs["kl"] + 0.5 * logs["class_ce"], rel=1e-5)
+    model.eval()
+    seen = _input_recorder([m for m in model.decoder.modules() if isinstance(m, nn.Linear)][0])
+    with torch.no_grad():
+        model.reconstruct(x)  # no labels: the encoder's own digit guess
+        torch.testing.assert_close(seen[-1][:, -10:].argmax(1), model.classify(x))
+        model.reconstruct(x, y)
+        torch.testing.assert_close(seen[-1][:, -10:].argmax(1), y)
+        model.decode(torch.zeros(3, model.config.latent_dim))  # no labels: plot_digit
+        assert seen[-1][:, -10:].argmax(1).tolist() == [model.config.plot_digit] * 3
+        assert model.encode(x).shape == (20, model.config.latent_dim)  # no labels needed
+
+
+# --------------------------------------------------------------------------------------------
+# Adversarial autoencoder
+# --------------------------------------------------------------------------------------------
+
+
+def test_aae_losses():
+    torch.manual_seed(0)
+    x, y = _batch()
+    model = AAE(AAEConfig(adv_weight=3.0, **SMALL)).train()
+    out = model.loss(x, y, "autoencoder", {})
+    assert float(out.loss) == pytest.approx(float(out.logs["recon"]) + 3.0 * float(out.logs["g_loss"]), rel=1e-5)
+    d_out = model.loss(x, y, "discriminator", {})
+    d_out.loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())  # codes were made without gradient
+    assert all(p.grad is not None for p in model.discriminator.parameters())
+    assert model.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 1, 28, 28)
+
+
+# --------------------------------------------------------------------------------------------
+# Through the real training loop, figures and CLI
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_a_loop_step_changes_every_phase(name, tmp_path, tiny_bundle, monkeypatch):
+    """One batch of `fit` (requires_grad switching, an optimizer per phase): every weight of
+    every phase moves."""
+    import genlab.train as train_module
+
+    built = []
+    original = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda *a: built.append(original(*a)) or built[-1])
+    torch.manual_seed(0)
+    before = {n: p.detach().clone() for n, p in MODELS[name](MODELS[name].config_class()).named_parameters()}
+    fit(tiny_train_config(name, batch_size=16), None, tmp_path / name, data=tiny_bundle, progress=False, log=lambda _: None, stop_after_steps=1)
+    after = dict(built[0].named_parameters())
+    unchanged = [n for n, p in after.items() if torch.equal(before[n], p.detach())]
+    assert not unchanged, f"{name}: one step left {unchanged[:3]} unchanged"
+
+
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_figures_for_every_new_model(name, tiny_runs, tiny_bundle):
+    from genlab import plots
+
+    run = load_run(tiny_runs[name])
+    figures = plots.make_figures(run, tiny_bundle)
+    assert "samples" in figures and "losses" in figures and "interpolation" in figures
+    if name in ("cvae", "aae"):
+        assert {"reconstructions", "latent_space", "manifold"} <= set(figures)
+    for path in figures.values():
+        assert path.is_file() and path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["cgan", "cvae"])
+def test_cli_sample_digit(name, tiny_runs, tmp_path, capsys):
+    out = tmp_path / "sevens.npy"
+    assert main(["sample", str(tiny_runs[name]), "-n", "6", "--digit", "7", "--output", str(out)]) in (0, None)
+    images = np.load(out)
+    assert images.shape == (6, 28, 28)
+    expected = load_run(tiny_runs[name]).sample(6, seed=0, labels=[7] * 6).squeeze(1).numpy()
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+    other = load_run(tiny_runs[name]).sample(6, seed=0, labels=[1] * 6).squeeze(1).numpy()
+    assert not np.allclose(images, other)
