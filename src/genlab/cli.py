@@ -139,6 +139,8 @@ def _save_array(path: str, save) -> None:
 
 
 def cmd_sample(args) -> None:
+    if args.n < 1:
+        raise GenlabError(f"-n must be at least 1 image, got {args.n}")
     run = _open_run(args)
     if not run.model.can_sample:
         raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
@@ -204,6 +206,44 @@ def cmd_report(args) -> None:
     from .report import write_report
 
     print(f"report: {write_report(Path(args.lab_dir))}")
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from .evaluate import evaluate_run, format_results, write_eval
+
+    run = _open_run(args)
+    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples)
+    if not args.no_save:
+        write_eval(run.path, results)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+        return
+    print(format_results(results))
+    print(f"conventions: the 'notes' in {run.path / 'eval.json'} (or --json)" if not args.no_save else "conventions: the 'notes' of --json")
+
+
+def cmd_classifier_train(args) -> None:
+    from .classifier import ClassifierConfig, train_classifier
+    from .data import load_dataset
+
+    config = ClassifierConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs is not None else {}))
+    command = f"genlab classifier train --seed {config.seed} --epochs {config.epochs}"
+    train_classifier(config, data=load_dataset("mnist", args.data), out=args.out, log=print if not args.quiet else (lambda s: None), command=command)
+
+
+def cmd_classifier_test(args) -> None:
+    from .classifier import accuracy, default_path, load_classifier, provenance
+    from .data import load_dataset
+
+    data = load_dataset("mnist", args.data)
+    x, y = data.tensors("test")
+    acc = accuracy(load_classifier(args.weights), x, y)
+    recorded = provenance(args.weights).get("test_accuracy")
+    print(f"test accuracy {acc:.4f} on {len(y)} digits ({data.source.split('; ')[-1]}); weights {args.weights or default_path()}")
+    if recorded is not None:
+        print(f"recorded when trained: {recorded:.4f}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +324,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("report", help="rewrite report.html of a lab folder from its runs")
     p.add_argument("lab_dir", metavar="DIR")
     p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("eval", help="measure a run: reconstruction, ELBO / IWAE, FID, precision / recall, classes")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--n-samples", type=int, default=10000, metavar="N", help="samples for FID, precision / recall, classes (default: 10000)")
+    p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per test digit for the IWAE bound (default: 100; papers: 5000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval.json")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("classifier", help="the MNIST classifier behind FID and the class metrics")
+    tasks = p.add_subparsers(dest="task", required=True, parser_class=_Parser, metavar="TASK")
+    t = tasks.add_parser("train", help="train it (seeded) on the training digits and save it with its provenance")
+    t.add_argument("--out", metavar="PATH", help="weights file; a .json beside it (default: the package's shipped file)")
+    t.add_argument("--epochs", type=int, help="passes over the training digits (default: 20)")
+    t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    t.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.set_defaults(func=cmd_classifier_train)
+    t = tasks.add_parser("test", help="accuracy of the classifier on the test split")
+    t.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped one)")
+    t.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+    t.set_defaults(func=cmd_classifier_test)
     return parser
 
 

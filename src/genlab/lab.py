@@ -37,8 +37,9 @@ def run_lab(
     from .report import write_report
 
     out_dir = Path(out_dir)
-    for name in models:  # fail on a typo before any training starts
+    for name in models:  # fail on a typo or a bad option before anything is written
         get_model_class(name)
+        TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device).validate()
     if not models:
         raise RunFolderError("no models given: e.g. --models ae,vae,gan")
     if out_dir.exists() and not out_dir.is_dir():
