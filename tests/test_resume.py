@@ -198,7 +198,6 @@ def test_failed_write_keeps_the_old_file_whole(fail_in, tmp_path, monkeypatch):
         monkeypatch.setattr(utils_module.os, fail_in, fail)
     with pytest.raises(GenlabError, match=r"cannot write .*checkpoint.safetensors: No space left on device \(the previous version is kept\)"):
         atomic_write_bytes(target, b"new contents " * 1000)
-    monkeypatch.undo()
     assert target.read_bytes() == b"old complete contents"
     assert _tmp_files(tmp_path) == []
 
@@ -210,15 +209,15 @@ def test_interrupt_during_a_write_keeps_the_old_file(tmp_path, monkeypatch):
     def ctrl_c(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils_module.os, "fsync", ctrl_c)  # after the data went to the temp file
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_bytes(target, b'{"epoch": 1}\n{"epoch": 2}\n')
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(utils_module.os, "fsync", ctrl_c)  # after the data went to the temp file
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write_bytes(target, b'{"epoch": 1}\n{"epoch": 2}\n')
     assert target.read_text() == '{"epoch": 1}\n'
     assert _tmp_files(tmp_path) == []
 
 
-def test_checkpoint_failing_mid_run_keeps_the_previous_one_and_resume_finishes(tmp_path, tiny_bundle, reference, monkeypatch):
+def test_checkpoint_failing_mid_run_keeps_the_previous_one_and_resume_finishes(tmp_path, tiny_bundle, reference):
     run_dir = tmp_path / "gan"
     real_replace = os.replace
     checkpoint_writes = []
@@ -230,10 +229,9 @@ def test_checkpoint_failing_mid_run_keeps_the_previous_one_and_resume_finishes(t
                 raise OSError(errno.EIO, "Input/output error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(utils_module.os, "replace", replace)
-    with pytest.raises(GenlabError, match="cannot write"):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(GenlabError, match="cannot write"):
+        mp.setattr(utils_module.os, "replace", replace)
         fit(train_config("gan", checkpoint_every=5), small_model("gan"), run_dir, data=tiny_bundle, **QUIET)
-    monkeypatch.undo()
     # the step-7 checkpoint is intact
     meta = load_tensors(run_dir / CHECKPOINT_FILE)[1]
     assert (meta["loop"]["epoch"], meta["loop"]["step"]) == (1, 7)
@@ -422,11 +420,10 @@ def test_lab_killed_mid_way_resumes_and_finishes_the_report(tmp_path, monkeypatc
 
     import genlab.lab as lab_module
 
-    monkeypatch.setattr(lab_module, "fit", killed_in_the_vae)
     _small_lab_evaluation(monkeypatch)
-    with pytest.raises(SystemExit):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
+        mp.setattr(lab_module, "fit", killed_in_the_vae)
         main(args)
-    monkeypatch.undo()
     assert (lab / "ae" / WEIGHTS_FILE).is_file() and not (lab / "vae" / WEIGHTS_FILE).exists()
     assert not (lab / "report.html").exists()
     ae_weights = (lab / "ae" / WEIGHTS_FILE).read_bytes()
@@ -434,7 +431,6 @@ def test_lab_killed_mid_way_resumes_and_finishes_the_report(tmp_path, monkeypatc
     assert main(args) == 2  # no flag: an existing lab folder is refused, not overwritten
     assert "--resume" in capsys.readouterr().err
 
-    _small_lab_evaluation(monkeypatch)
     assert main(args + ["--resume"]) == 0
     out = capsys.readouterr().out
     assert "ae: finished run found" in out and "vae: resuming" in out and "at epoch 1, step 2" in out

@@ -91,13 +91,17 @@ def dataclass_from_args(cls, args: argparse.Namespace, base=None):
 def cmd_train(args) -> None:
     from . import plots
     from .models import get_model_class
-    from .runs import load_run
+    from .runs import CONFIG_FILE, load_run, read_config
     from .train import fit
 
     model_cls = get_model_class(args.model)
     train_config = dataclass_from_args(TrainConfig, args, TrainConfig(model=args.model))
     model_config = dataclass_from_args(model_cls.config_class, args)
     out = Path(args.out or f"runs/{args.model}")
+    if args.resume and (out / CONFIG_FILE).is_file():
+        saved = read_config(out)[0].model  # the saved config wins on resume: refuse a different model
+        if saved != args.model:
+            raise GenlabError(f"{out} holds a '{saved}' run, not '{args.model}': continue it with genlab resume {out}")
     run_dir = fit(train_config, model_config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not args.no_figures:
         figures = plots.make_figures(load_run(run_dir, device=args.device or "auto"))

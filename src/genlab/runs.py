@@ -87,7 +87,8 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
     except RunFolderError:
         raise
     except Exception as e:  # GenlabError from validation: re-raised as a run-folder problem
-        raise RunFolderError(str(e)) from None
+        message = str(e)  # say which file, so the user knows what to fix
+        raise RunFolderError(message if str(path) in message else f"{path}: {message}") from None
     return train_config, model_config, raw
 
 
