@@ -1,0 +1,507 @@
+"""Metrics: reconstruction, ELBO / IWAE log-likelihood, FID, precision / recall, class coverage.
+
+Small pure functions first (each testable against a hand computation), then `evaluate_run`,
+which applies to a trained run every metric its model supports:
+
+  reconstruct(x)            -> recon_mse_per_pixel, recon_bce_per_image          (AE, VAE)
+  encode(x)                 -> knn5_accuracy of the test latents                  (AE, VAE)
+  encode_distribution(x)    -> elbo_nats, kl_nats, iwae_log_px_nats               (VAE)
+  can_sample                -> fid, precision, recall, class_entropy, class_frac_* (VAE, GAN)
+
+Sample metrics look at digits through the penultimate layer of genlab's own MNIST classifier
+(`genlab.classifier`), the way FID looks through Inception; the features of the real digits
+are computed once per process and data set (`reference_features`). All sampling is seeded
+with private torch.Generators, so evaluating a run twice gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+from .data import NUM_CLASSES, DataBundle, load_dataset
+from .errors import GenlabError, RunFolderError
+from .utils import atomic_write_json, make_generator
+
+EVAL_FILE = "eval.json"
+PR_NEIGHBOURS = 3  # k of the k-NN balls of precision / recall (Kynkäänniemi et al. use 3)
+KNN_NEIGHBOURS = 5  # k of the latent k-NN classifier
+DISTANCE_CHUNK = 2048  # rows of a pairwise-distance block: 2048 × 10k floats = 80 MB
+IW_MAX_ROWS = 16384  # decoder rows per IWAE call (images × importance samples): memory, not results
+
+
+# --------------------------------------------------------------------------------------------
+# Feature-space metrics: FID, precision / recall
+# --------------------------------------------------------------------------------------------
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of features (N, D), in float64 (unbiased, N − 1)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"need features of shape (N >= 2, D), got {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017,
+    https://arxiv.org/abs/1706.08500):  |mu1 − mu2|² + Tr(S1 + S2 − 2 (S1 S2)^½).
+
+    Tr (S1 S2)^½ is computed as Tr (S1^½ S2 S1^½)^½ — the same eigenvalues, since the two
+    matrices are similar — which is symmetric positive semi-definite, so LAPACK's symmetric
+    eigensolver (scipy.linalg.eigh) gives it without the complex round-off of a general sqrtm.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    w1, v1 = scipy.linalg.eigh(sigma1)
+    sqrt1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T  # S1^½
+    middle = sqrt1 @ sigma2 @ sqrt1
+    trace_sqrt = np.sqrt(np.clip(scipy.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt, 0.0))
+
+
+def fid_from_features(features_a, features_b) -> float:
+    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+
+
+def _partial_sq_distances(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(a), len(b)): |b_j|² − 2 a_i·b_j (− bias_j), one fused matmul (addmm).
+
+    The squared distance |a_i − b_j|² is this plus |a_i|², a constant along each row, so
+    nearest neighbours and row minima can be found without adding it: one pass over the
+    block fewer, which is most of the cost beside the matmul.
+    """
+    offset = (b * b).sum(1) if bias is None else (b * b).sum(1) - bias
+    return torch.addmm(offset.unsqueeze(0), a, b.T, alpha=-2)
+
+
+def kth_neighbour_sq_radius(points: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) squared distance from each point to its k-th nearest *other* point in `points`."""
+    if len(points) <= k:
+        raise ValueError(f"need more than k={k} points for k-NN radii, got {len(points)}")
+    radii = []
+    for start in range(0, len(points), DISTANCE_CHUNK):
+        a = points[start : start + DISTANCE_CHUNK]
+        d = _partial_sq_distances(a, points)
+        # k + 1 smallest: the first is the point itself (distance 0)
+        radii.append((d.topk(k + 1, dim=1, largest=False).values[:, k] + (a * a).sum(1)).clamp_min(0))
+    return torch.cat(radii)
+
+
+def inside_manifold(queries: torch.Tensor, points: torch.Tensor, sq_radii: torch.Tensor) -> torch.Tensor:
+    """(Q,) bool: is each query inside at least one ball (points[j], radius_j)?
+
+    |q − p_j|² ≤ r_j²  for some j   <=>   min_j (|p_j|² − r_j² − 2 q·p_j) ≤ −|q|².
+    """
+    inside = []
+    for start in range(0, len(queries), DISTANCE_CHUNK):
+        q = queries[start : start + DISTANCE_CHUNK]
+        inside.append(_partial_sq_distances(q, points, bias=sq_radii).amin(1) <= -(q * q).sum(1))
+    return torch.cat(inside)
+
+
+def precision_recall(real, fake, k: int = PR_NEIGHBOURS, real_sq_radii=None) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, https://arxiv.org/abs/1904.06991).
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour. precision = share of fake points inside the real manifold (are samples
+    realistic?); recall = share of real points inside the fake manifold (is all of the data
+    covered?). Features (N, D); `real_sq_radii` may be passed in when cached.
+    """
+    real = torch.as_tensor(real, dtype=torch.float32)
+    fake = torch.as_tensor(fake, dtype=torch.float32, device=real.device)
+    # Centre both on the real mean: smaller norms, less float32 cancellation in |a|² + |b|² − 2a·b.
+    centre = real.mean(0)
+    real, fake = real - centre, fake - centre
+    if real_sq_radii is None:
+        real_sq_radii = kth_neighbour_sq_radius(real, k)
+    fake_sq_radii = kth_neighbour_sq_radius(fake, k)
+    precision = inside_manifold(fake, real, real_sq_radii.to(real.device)).float().mean()
+    recall = inside_manifold(real, fake, fake_sq_radii).float().mean()
+    return float(precision), float(recall)
+
+
+# --------------------------------------------------------------------------------------------
+# Class coverage and latent k-NN accuracy
+# --------------------------------------------------------------------------------------------
+
+
+def class_histogram(predictions, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Share of each class among predicted labels (num_classes,), summing to 1."""
+    counts = np.bincount(np.asarray(predictions, dtype=np.int64).ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1)
+
+
+def normalised_entropy(histogram) -> float:
+    """Entropy of a histogram divided by log(number of bins): 1 = uniform, 0 = a single bin."""
+    p = np.asarray(histogram, dtype=np.float64)
+    p = p / p.sum()
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / math.log(len(p))) + 0.0  # + 0.0: no "-0" for one class
+
+
+def knn_accuracy(train_z, train_y, test_z, test_y, k: int = KNN_NEIGHBOURS) -> float:
+    """Accuracy of a k-nearest-neighbour vote (Euclidean) fit on (train_z, train_y).
+
+    Ties between classes go to the lower label, as in scikit-learn's KNeighborsClassifier.
+    """
+    train_z = torch.as_tensor(train_z, dtype=torch.float32)
+    test_z = torch.as_tensor(test_z, dtype=torch.float32, device=train_z.device)
+    train_y = torch.as_tensor(train_y, dtype=torch.long, device=train_z.device)
+    test_y = torch.as_tensor(test_y, dtype=torch.long, device=train_z.device)
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for start in range(0, len(test_z), DISTANCE_CHUNK):
+        d = _partial_sq_distances(test_z[start : start + DISTANCE_CHUNK], train_z)
+        nearest = d.topk(k, dim=1, largest=False).indices  # (C, k): row constants do not change the order
+        votes = F.one_hot(train_y[nearest], n_classes).sum(1)  # (C, n_classes)
+        correct += int((votes.argmax(1) == test_y[start : start + DISTANCE_CHUNK]).sum())
+    return correct / len(test_z)
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction and likelihood
+# --------------------------------------------------------------------------------------------
+
+PROB_EPS = 1e-7  # reconstructed probabilities are clamped to [eps, 1 − eps] for the BCE
+
+
+def reconstruction_errors(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B,): mean squared error per pixel, and Bernoulli cross-entropy summed over
+    pixels with grey pixels as soft targets, from reconstructions x̂ in [0, 1]."""
+    x_hat, x = x_hat.flatten(1), x.flatten(1)
+    mse = (x_hat - x).pow(2).mean(1)
+    p = x_hat.clamp(PROB_EPS, 1 - PROB_EPS)
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1)
+    return mse, bce
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = Σ_pixels x log σ(l) + (1 − x) log(1 − σ(l)), (..., 1, 28, 28) -> (...);
+    the leading dimensions of logits and x broadcast."""
+    logits, x = torch.broadcast_tensors(logits, x)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)
+
+
+def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+
+
+@torch.inference_mode()
+def importance_weighted_bounds(
+    model, x: torch.Tensor, k: int, generator: torch.Generator, labels: torch.Tensor | None = None, max_rows: int = IW_MAX_ROWS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image (N,): ELBO, KL(q(z|x) || p(z)) and the IWAE bound on log p(x), in nats.
+
+    IWAE (Burda et al. 2015, https://arxiv.org/abs/1509.00519), z_k ~ q(z|x):
+        log p(x) ≥ log (1/K) Σ_k p(x|z_k) p(z) / q(z_k|x)
+    with K = `k`; the bound tightens as K grows and equals the ELBO in expectation for K = 1.
+    The ELBO here is the mean of log p(x|z_k) over the same K samples minus the analytic KL
+    (Kingma & Welling 2014, appendix B): an unbiased, low-variance estimate.
+    Work is cut into decoder calls of at most `max_rows` rows (images × samples), so K = 5000
+    fits in memory; the noise is drawn per call, so the numbers repeat for the same generator
+    seed and `max_rows` (keep the default to compare runs). `labels` (N,): a conditional decoder's digits, giving bounds on log p(x|y).
+    """
+    n = len(x)
+    batch = max(1, min(n, max_rows // k))  # images per outer step
+    chunk = max(1, min(k, max_rows // batch))  # importance samples per decoder call
+    elbo, kl, iwae = [], [], []
+    for start in range(0, n, batch):
+        xb = x[start : start + batch]  # (B, 1, 28, 28)
+        yb = None if labels is None else labels[start : start + batch]
+        mu, logvar = model.encode_distribution(xb)  # (B, D) each
+        std = (0.5 * logvar).exp()
+        log_w, recon = [], torch.zeros(len(xb), device=xb.device)
+        for done in range(0, k, chunk):
+            kc = min(chunk, k - done)
+            eps = torch.randn(kc, *mu.shape, generator=generator, device=mu.device)  # (kc, B, D)
+            z = mu + std * eps
+            z_rows = z.reshape(-1, z.shape[-1])  # (kc·B, D), sample-major
+            extra = {} if yb is None else {"labels": yb.repeat(kc)}
+            logits = model.decode_logits(z_rows, **extra).view(kc, len(xb), *xb.shape[1:])
+            log_px_z = bernoulli_log_likelihood(logits, xb)  # (kc, B)
+            # log q(z|x) for z = μ + σ ε: N(ε; 0, I) density with the Jacobian 1/σ
+            log_q = _standard_normal_log_density(eps) - 0.5 * logvar.sum(-1)
+            log_w.append(log_px_z + _standard_normal_log_density(z) - log_q)
+            recon += log_px_z.sum(0)
+        log_w = torch.cat(log_w)  # (K, B)
+        kl_b = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+        elbo.append(recon / k - kl_b)
+        kl.append(kl_b)
+        iwae.append(torch.logsumexp(log_w, 0) - math.log(k))
+    return torch.cat(elbo), torch.cat(kl), torch.cat(iwae)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference features of the real digits (computed once per process and data)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RealFeatures:
+    """Classifier features of one split, with what FID and precision / recall reuse."""
+
+    features: torch.Tensor  # (N, 128) float32
+    mu: np.ndarray  # (128,) float64
+    sigma: np.ndarray  # (128, 128) float64
+    sq_radii: torch.Tensor | None = None  # (N,) squared k-NN radii, for precision / recall
+
+
+_REFERENCE: dict[tuple, RealFeatures] = {}
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a network's weights (0.4 MB for the classifier: a millisecond)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def reference_features(images: np.ndarray, classifier, with_radii: bool) -> RealFeatures:
+    """Features of real uint8 digits (N, 28, 28), cached by their SHA-256, the classifier's
+    weights and device — each lab evaluates several models against the same test set."""
+    from .classifier import predict
+
+    device = next(classifier.parameters()).device
+    key = (_sha256_bytes(np.ascontiguousarray(images).tobytes()), _fingerprint(classifier), str(device))
+    ref = _REFERENCE.get(key)
+    if ref is None:
+        x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
+        feats, _ = predict(classifier, x)
+        ref = RealFeatures(feats, *feature_statistics(feats.double().cpu().numpy()))
+        _REFERENCE[key] = ref
+    if with_radii and ref.sq_radii is None:
+        # distances do not change under a shift; centring only tames float32 round-off
+        ref.sq_radii = kth_neighbour_sq_radius(ref.features - ref.features.mean(0), PR_NEIGHBOURS)
+    return ref
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_run
+# --------------------------------------------------------------------------------------------
+
+
+def _accepts_labels(fn) -> str | None:
+    """The name of `fn`'s label parameter ('labels' or 'y'), if it has one (conditional models)."""
+    params = inspect.signature(fn).parameters
+    return next((name for name in ("labels", "y") if name in params), None)
+
+
+def _batched(fn, x: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """fn over x in batches (with the labels when fn takes them), concatenated on the CPU."""
+    label_arg = _accepts_labels(fn) if y is not None else None
+    out = []
+    for start in range(0, len(x), batch_size):
+        kwargs = {label_arg: y[start : start + batch_size]} if label_arg else {}
+        out.append(fn(x[start : start + batch_size], **kwargs).float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def evaluate_run(
+    run,
+    data: DataBundle | None = None,
+    seed: int = 0,
+    n_samples: int = 10000,
+    iw_samples: int = 100,
+    batch_size: int = 1000,
+    classifier=None,
+) -> dict:
+    """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
+    {"model", "seed", "n_samples", "iw_samples", "metrics": {name: float}, "notes", "warnings",
+    "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers."""
+    from .classifier import default_path, load_classifier, provenance
+    from .runs import Run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    if n_samples < 2 or iw_samples < 1:
+        raise GenlabError(f"n_samples must be at least 2 and iw_samples at least 1, got {n_samples} and {iw_samples}")
+    model = run.model.eval()
+    device = model.device
+    data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)
+    x_test, y_test = data.tensors("test", device)
+    metrics: dict[str, float] = {}
+    notes = [
+        f"Test split: {len(x_test)} digits ({data.source}). Pixels are uint8/255 in [0, 1], never binarised.",
+    ]
+    warnings: list[str] = []
+    seconds: dict[str, float] = {}
+    classifier_info: dict = {}
+    is_autoencoder = hasattr(model, "reconstruct") and hasattr(model, "encode")
+    labels_for = (lambda n: torch.arange(n, device=device) % NUM_CLASSES) if model.conditional else None
+
+    if is_autoencoder:
+        t = time.perf_counter()
+        x_hat = _batched(model.reconstruct, x_test, y_test, batch_size)
+        mse, bce = reconstruction_errors(x_hat, x_test.cpu())
+        metrics["recon_mse_per_pixel"] = float(mse.mean())
+        metrics["recon_bce_per_image"] = float(bce.mean())
+        notes.append(
+            "recon_mse_per_pixel: squared error of reconstruct(x) averaged over pixels and test digits; "
+            "recon_bce_per_image: Bernoulli cross-entropy summed over the 784 pixels (grey pixels as soft targets, "
+            f"probabilities clamped to [{PROB_EPS:g}, 1 - {PROB_EPS:g}]), averaged over test digits, in nats; "
+            "its minimum is the entropy of the grey pixels themselves, not 0."
+        )
+        x_train, y_train = data.tensors("train", device)
+        z_train = _batched(model.encode, x_train, y_train, batch_size)
+        z_test = _batched(model.encode, x_test, y_test, batch_size)
+        metrics[f"knn{KNN_NEIGHBOURS}_accuracy"] = knn_accuracy(z_train, y_train.cpu(), z_test, y_test.cpu(), KNN_NEIGHBOURS)
+        notes.append(
+            f"knn{KNN_NEIGHBOURS}_accuracy: a {KNN_NEIGHBOURS}-nearest-neighbour vote (Euclidean) fit on the latents of the "
+            f"{len(x_train)} training digits, scored on the latents of the test digits (a VAE's latent is its posterior mean)."
+        )
+        seconds["reconstruction"] = time.perf_counter() - t
+
+    if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
+        t = time.perf_counter()
+        given = y_test if _accepts_labels(model.decode_logits) == "labels" else None
+        elbo, kl, iwae = importance_weighted_bounds(model, x_test, iw_samples, make_generator(seed + 1, device), given)
+        metrics["elbo_nats"] = float(elbo.mean())
+        metrics["kl_nats"] = float(kl.mean())
+        metrics["iwae_log_px_nats"] = float(iwae.mean())
+        notes.append(
+            "elbo_nats and iwae_log_px_nats: lower bounds on log p(x) in nats per test digit (higher is better; "
+            "the negative log-likelihood is minus iwae_log_px_nats). Decoder likelihood: Bernoulli on pixels in [0, 1] "
+            "with grey pixels as soft targets, log p(x|z) = sum x log p + (1 - x) log(1 - p), p = sigmoid(decoder logits); "
+            "not a normalised density for grey values, so compare only with other soft-target numbers, not with "
+            "binarised-MNIST papers. A VAE trained with MSE loss is still evaluated with the Bernoulli likelihood of its "
+            "decoder means."
+        )
+        notes.append(
+            f"iwae_log_px_nats: importance-weighted bound (Burda et al. 2015) with K={iw_samples} samples of q(z|x) per "
+            f"test digit; elbo_nats: mean log p(x|z) over the same samples minus the analytic KL (kl_nats). "
+            f"Noise from torch.Generator(seed + 1 = {seed + 1})."
+        )
+        if given is not None:
+            notes.append("The decoder is conditional: elbo_nats and iwae_log_px_nats bound log p(x | y) given each test digit's true label y.")
+        seconds["likelihood"] = time.perf_counter() - t
+        if not (math.isfinite(metrics["elbo_nats"]) and math.isfinite(metrics["iwae_log_px_nats"])):
+            warnings.append("the ELBO or IWAE bound is not finite: the decoder gives probability 0 to some test pixels")
+
+    if model.can_sample:
+        t = time.perf_counter()
+        samples = run.sample(n_samples, seed=seed, labels=None if labels_for is None else labels_for(n_samples).cpu())
+        if not torch.isfinite(samples).all():
+            warnings.append("the model's samples contain NaN or infinite values: sample metrics skipped")
+        else:
+            if classifier is None:
+                classifier = load_classifier(device=device)
+                made = provenance()
+                classifier_info = {
+                    "weights": default_path().name,
+                    "weights_sha256": made.get("weights_sha256"),
+                    "test_accuracy": made.get("test_accuracy"),
+                }
+            seconds["sampling"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _sample_metrics(samples, data, classifier, labels_for, metrics, notes, warnings)
+            seconds["sample_metrics"] = time.perf_counter() - t
+    if n_samples < 10000 and model.can_sample:
+        warnings.append(f"FID and precision/recall from {n_samples} samples: both are biased for small n; compare runs only at equal n")
+    if data.name != "mnist" and model.can_sample:
+        warnings.append(f"sample metrics use a classifier of MNIST digits, but the data is {data.name}: read FID with care")
+    notes.append(f"Samples drawn with torch.Generator(seed = {seed}) on {device}; same run + seed = same numbers.")
+    return {
+        "model": run.name,
+        "seed": seed,
+        "n_samples": n_samples if model.can_sample else 0,
+        "iw_samples": iw_samples if "iwae_log_px_nats" in metrics else 0,
+        "n_test": int(len(x_test)),
+        "metrics": metrics,
+        "notes": notes,
+        "warnings": warnings,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "classifier": classifier_info,
+    }
+
+
+def _sample_metrics(samples, data: DataBundle, classifier, labels_for, metrics: dict, notes: list, warnings: list) -> None:
+    from .classifier import predict
+
+    feats, pred = predict(classifier, samples)
+    real = reference_features(data.test_images, classifier, with_radii=True)
+    train = reference_features(data.train_images, classifier, with_radii=False)
+    metrics["fid"] = frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma)
+    metrics["fid_floor"] = frechet_distance(train.mu, train.sigma, real.mu, real.sigma)
+    metrics["precision"], metrics["recall"] = precision_recall(real.features, feats, PR_NEIGHBOURS, real.sq_radii)
+    hist = class_histogram(pred.cpu().numpy())
+    metrics["class_entropy"] = normalised_entropy(hist)
+    for digit, share in enumerate(hist):
+        metrics[f"class_frac_{digit}"] = float(share)
+    if labels_for is not None:
+        asked = labels_for(len(samples)).to(pred.device)
+        metrics["label_agreement"] = float((pred == asked).float().mean())
+        notes.append("label_agreement: share of samples the classifier assigns the digit they were generated for (ten classes in turn).")
+    notes.append(
+        f"fid: Fréchet distance (Heusel et al. 2017) between {len(samples)} samples and the {len(data.test_images)} test digits "
+        "on the 128-d penultimate features of genlab's MNIST classifier (not Inception: not comparable with FIDs in papers). "
+        f"fid_floor: the same for the {len(data.train_images)} training digits against the test digits, what a perfect model "
+        "would approach (FID grows as the sample count falls)."
+    )
+    notes.append(
+        f"precision / recall: k-NN manifolds with k={PR_NEIGHBOURS} (Kynkäänniemi et al. 2019) in the same features; "
+        "precision = share of samples inside the test digits' manifold, recall = share of test digits inside the samples' manifold."
+    )
+    notes.append(
+        "class_frac_d: share of samples the classifier labels as digit d; class_entropy: entropy of that histogram "
+        "divided by log 10 (1.0 = all ten digits equally often, 0 = a single digit)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# eval.json
+# --------------------------------------------------------------------------------------------
+
+
+def write_eval(run_dir: str | os.PathLike, results: dict) -> Path:
+    path = Path(run_dir) / EVAL_FILE
+    atomic_write_json(path, results)
+    return path
+
+
+def read_eval(run_dir: str | os.PathLike) -> dict:
+    """The run's eval.json ({} when it has not been evaluated); RunFolderError if corrupt."""
+    path = Path(run_dir) / EVAL_FILE
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e}); rerun `genlab eval {run_dir}`") from None
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+        raise RunFolderError(f"{path}: no 'metrics' object; rerun `genlab eval {run_dir}`")
+    return results
+
+
+def format_results(results: dict) -> str:
+    """A plain-text table of `results` for the terminal."""
+    head = f"{results['model']}: seed {results['seed']}, {results['n_test']} test digits"
+    if results.get("n_samples"):
+        head += f", {results['n_samples']} samples"
+    if results.get("iw_samples"):
+        head += f", K={results['iw_samples']} importance samples"
+    metrics = results["metrics"]
+    width = max((len(k) for k in metrics), default=0)
+    lines = [head] + [f"  {k:<{width}}  {v:.6g}" for k, v in metrics.items()]
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
+    return "\n".join(lines)
