@@ -190,9 +190,14 @@ def reconstruction_errors(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.T
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) = Σ_pixels x log σ(l) + (1 − x) log(1 − σ(l)), (..., 1, 28, 28) -> (...);
-    the leading dimensions of logits and x broadcast."""
-    logits, x = torch.broadcast_tensors(logits, x)
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)
+    the leading dimensions of logits and x broadcast.
+
+    Written as Σ x·l − softplus(l) (the same thing, since log σ(l) = l − softplus(l)): a dot
+    product and one elementwise pass, about twice as fast as BCE-with-logits per pixel, which
+    matters for IWAE's K decoder outputs per image.
+    """
+    logits, x = logits.flatten(-3), x.flatten(-3)  # (..., 784)
+    return torch.linalg.vecdot(logits, x) - F.softplus(logits).sum(-1)
 
 
 def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
@@ -334,8 +339,10 @@ def evaluate_run(
 
     if not isinstance(run, Run):
         run = load_run(run)
-    if n_samples < 2 or iw_samples < 1:
-        raise GenlabError(f"n_samples must be at least 2 and iw_samples at least 1, got {n_samples} and {iw_samples}")
+    if n_samples <= PR_NEIGHBOURS or iw_samples < 1:
+        raise GenlabError(
+            f"n_samples must be at least {PR_NEIGHBOURS + 1} and iw_samples at least 1, got {n_samples} and {iw_samples}"
+        )
     model = run.model.eval()
     device = model.device
     data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)

@@ -1,0 +1,338 @@
+"""Metrics: the pure functions against hand computations, the IWAE bound against an exact
+log p(x), and `evaluate_run` / `genlab eval` on tiny trained runs (same seed, same numbers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from genlab import MODELS, load_run
+from genlab.cli import main
+from genlab.errors import GenlabError, RunFolderError
+from genlab.evaluate import (
+    EVAL_FILE,
+    bernoulli_log_likelihood,
+    class_histogram,
+    evaluate_run,
+    fid_from_features,
+    feature_statistics,
+    frechet_distance,
+    importance_weighted_bounds,
+    inside_manifold,
+    kth_neighbour_sq_radius,
+    knn_accuracy,
+    normalised_entropy,
+    precision_recall,
+    read_eval,
+    reconstruction_errors,
+    write_eval,
+)
+from genlab.models.vae import VAE, VAEConfig
+from genlab.utils import make_generator
+
+# --------------------------------------------------------------------------------------------
+# FID
+# --------------------------------------------------------------------------------------------
+
+
+def _random_covariance(rng, d: int) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_fid_of_identical_gaussians_is_zero():
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=16), _random_covariance(rng, 16)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_of_shifted_gaussians_is_the_squared_shift():
+    rng = np.random.default_rng(1)
+    mu, sigma = rng.normal(size=8), _random_covariance(rng, 8)
+    shift = rng.normal(size=8)
+    assert frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(float(shift @ shift), rel=1e-9)
+
+
+def test_fid_in_one_dimension_by_hand():
+    # N(m1, s1²) vs N(m2, s2²): (m1 − m2)² + (s1 − s2)²
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+def test_fid_agrees_with_scipy_sqrtm_on_general_covariances():
+    rng = np.random.default_rng(2)
+    mu1, mu2 = rng.normal(size=32), rng.normal(size=32)
+    s1, s2 = _random_covariance(rng, 32), _random_covariance(rng, 32)
+    reference = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
+
+
+def test_fid_from_features_of_shifted_point_clouds():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(500, 4))
+    assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert fid_from_features(a, a + [1.0, 2.0, 0.0, 0.0]) == pytest.approx(5.0, rel=1e-9)
+    mu, sigma = feature_statistics(a)
+    np.testing.assert_allclose(sigma, np.cov(a, rowvar=False))
+    with pytest.raises(ValueError):
+        feature_statistics(a[:1])
+
+
+# --------------------------------------------------------------------------------------------
+# Precision and recall
+# --------------------------------------------------------------------------------------------
+
+
+def _on_a_line(xs) -> torch.Tensor:
+    return torch.tensor([[float(x), 0.0] for x in xs])
+
+
+def test_knn_radii_on_a_line():
+    # points 0..9: the 3rd nearest other point is 2 away inside, 3 away at both ends
+    radii = kth_neighbour_sq_radius(_on_a_line(range(10)), k=3).sqrt()
+    assert radii.tolist() == pytest.approx([3, 2, 2, 2, 2, 2, 2, 2, 2, 3])
+    with pytest.raises(ValueError):
+        kth_neighbour_sq_radius(_on_a_line(range(3)), k=3)
+
+
+def test_precision_recall_on_constructed_sets():
+    real = _on_a_line(range(10))
+    # Half the fakes sit on real points, half far away: precision 1/2. The fakes' balls
+    # (radius 3 at 0 and 4, 2 at 1..3) reach real points 0..7 (7 is exactly 3 from 4): recall 8/10.
+    fake = _on_a_line([0, 1, 2, 3, 4, 100, 101, 102, 103, 104])
+    precision, recall = precision_recall(real, fake, k=3)
+    assert precision == pytest.approx(0.5)
+    assert recall == pytest.approx(0.8)
+    assert precision_recall(real, real, k=3) == pytest.approx((1.0, 1.0))
+
+
+def test_precision_recall_match_brute_force_distances():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(700, 6, generator=g, dtype=torch.float64)
+    fake = torch.randn(500, 6, generator=g, dtype=torch.float64) * 1.3 + 0.4
+
+    def brute(a, b, k):
+        r_a = torch.cdist(a, a).topk(k + 1, largest=False).values[:, k]
+        r_b = torch.cdist(b, b).topk(k + 1, largest=False).values[:, k]
+        return float((torch.cdist(b, a) <= r_a).any(1).double().mean()), float((torch.cdist(a, b) <= r_b).any(1).double().mean())
+
+    expected = brute(real, fake, 3)
+    assert precision_recall(real, fake, k=3) == pytest.approx(expected, abs=2e-3)  # float32 vs float64 at ties
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+
+
+def test_inside_manifold_uses_each_balls_own_radius():
+    points = _on_a_line([0, 10])
+    sq_radii = torch.tensor([1.0, 16.0])  # radius 1 around 0, radius 4 around 10
+    queries = _on_a_line([0.5, 2, 7, 15])
+    assert inside_manifold(queries, points, sq_radii).tolist() == [True, False, True, False]
+
+
+# --------------------------------------------------------------------------------------------
+# Classes and latents
+# --------------------------------------------------------------------------------------------
+
+
+def test_class_histogram_and_normalised_entropy():
+    hist = class_histogram([0, 1, 1, 9])
+    assert hist.tolist() == pytest.approx([0.25, 0.5, 0, 0, 0, 0, 0, 0, 0, 0.25])
+    assert normalised_entropy(np.full(10, 0.1)) == pytest.approx(1.0)
+    one_hot = np.eye(10)[3]
+    assert normalised_entropy(one_hot) == 0.0 and math.copysign(1, normalised_entropy(one_hot)) == 1  # not -0.0
+    assert normalised_entropy([5, 5, 0, 0, 0, 0, 0, 0, 0, 0]) == pytest.approx(math.log(2) / math.log(10))
+    assert normalised_entropy(class_histogram(np.arange(1000) % 10)) == pytest.approx(1.0)
+
+
+def test_knn_accuracy_by_hand_and_against_scikit_learn():
+    train_z = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    test_z = torch.tensor([[0.5], [11.5], [5.9], [6.1]])
+    # k=3: 5.9 -> neighbours 2 (0), 1 (0), 10 (1) -> class 0; 6.1 -> 2, 10, 11 -> class 1
+    assert knn_accuracy(train_z, train_y, test_z, torch.tensor([0, 1, 0, 1]), k=3) == 1.0
+    assert knn_accuracy(train_z, train_y, test_z, torch.tensor([0, 1, 1, 0]), k=3) == 0.5
+
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(600, 3)).astype(np.float32), rng.integers(0, 10, 600)
+    z[:, 0] += y * 0.5  # some signal, many ties and near-ties
+    reference = neighbors.KNeighborsClassifier(5).fit(z[:400], y[:400]).score(z[400:], y[400:])
+    assert knn_accuracy(z[:400], y[:400], z[400:], y[400:], k=5) == pytest.approx(reference, abs=0.01)
+
+
+def test_reconstruction_errors_by_hand():
+    x = torch.zeros(2, 1, 28, 28)
+    x[1] = 1.0
+    x_hat = torch.full_like(x, 0.5)
+    mse, bce = reconstruction_errors(x_hat, x)
+    assert mse.tolist() == pytest.approx([0.25, 0.25])
+    assert bce.tolist() == pytest.approx([784 * math.log(2)] * 2, rel=1e-5)
+    perfect_mse, perfect_bce = reconstruction_errors(x, x)  # clamped probabilities: tiny, finite
+    assert perfect_mse.tolist() == [0.0, 0.0] and torch.isfinite(perfect_bce).all() and perfect_bce.max() < 1e-3
+
+
+def test_bernoulli_log_likelihood_uses_grey_pixels_as_soft_targets():
+    x = torch.full((1, 1, 28, 28), 0.25)
+    logits = torch.zeros(1, 1, 28, 28)  # p = 1/2 everywhere
+    assert bernoulli_log_likelihood(logits, x).item() == pytest.approx(-784 * math.log(2), rel=1e-6)
+    logits = torch.full((1, 1, 28, 28), math.log(0.25 / 0.75))  # p = x: the soft-target optimum
+    best = 784 * (0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert bernoulli_log_likelihood(logits, x).item() == pytest.approx(best, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# ELBO and IWAE on a tiny VAE
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_vae(decoder_gain: float = 1.0) -> VAE:
+    """A random 1-D-latent VAE; a decoder gain > 1 makes p(x|z) change fast with z, so the
+    posterior is sharp, the Gaussian q(z|x) fits it badly and the ELBO is far below log p(x)."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=1, hidden_dims=(16,))).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(decoder_gain)
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits(tiny_bundle):
+    return tiny_bundle.tensors("test")[0][:6]
+
+
+def test_iwae_with_one_sample_is_the_elbo_in_expectation(digits):
+    model = _tiny_vae()
+    elbo, kl, _ = importance_weighted_bounds(model, digits, 4000, make_generator(0))
+    draws = 3000
+    _, _, iwae1 = importance_weighted_bounds(model, digits.repeat(draws, 1, 1, 1), 1, make_generator(1))
+    iwae1 = iwae1.view(draws, len(digits))
+    se = iwae1.std(0) / math.sqrt(draws)
+    assert ((iwae1.mean(0) - elbo).abs() < 4 * se + 0.05).all(), (iwae1.mean(0), elbo, se)
+    assert (kl >= 0).all()
+
+
+def test_iwae_tightens_with_k_and_approaches_the_exact_log_likelihood(digits):
+    model = _tiny_vae(decoder_gain=4.0)
+    # Exact log p(x) for a 1-D latent: integrate p(x|z) p(z) on a fine grid of z.
+    z = torch.linspace(-9, 9, 6001).unsqueeze(1)
+    with torch.inference_mode():
+        log_px_z = bernoulli_log_likelihood(model.decode_logits(z).unsqueeze(1), digits.unsqueeze(0))  # (Z, B)
+    log_pz = -0.5 * (z.squeeze(1) ** 2 + math.log(2 * math.pi))
+    exact = torch.logsumexp(log_px_z + log_pz.unsqueeze(1), 0) + math.log(float(z[1] - z[0]))
+
+    elbo, _, iwae10 = importance_weighted_bounds(model, digits, 10, make_generator(10))
+    elbo, _, iwae1000 = importance_weighted_bounds(model, digits, 1000, make_generator(1000))
+    assert (elbo < exact - 50).all()  # a loose bound here, by construction
+    assert elbo.mean() < iwae10.mean() < iwae1000.mean()
+    # IWAE is a lower bound in expectation; one estimate may overshoot by its noise only.
+    assert (iwae1000 < exact + 1.0).all() and ((exact - iwae1000).abs() < 1.5).all(), (exact, iwae1000)
+
+
+def test_iwae_memory_split_does_not_change_the_bound_much(digits):
+    model, x = _tiny_vae(), digits
+    big = importance_weighted_bounds(model, x, 1000, make_generator(5))
+    small = importance_weighted_bounds(model, x, 1000, make_generator(5), max_rows=400)  # many decoder calls
+    again = importance_weighted_bounds(model, x, 1000, make_generator(5), max_rows=400)
+    for a, b in zip(small, again):
+        assert torch.equal(a, b)  # same seed and split: the same numbers
+    assert torch.allclose(big[2], small[2], atol=0.5)  # other noise, same estimate
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_run, eval.json and `genlab eval`
+# --------------------------------------------------------------------------------------------
+
+SMALL = dict(n_samples=300, iw_samples=8)
+
+
+def _expected_metrics(model) -> set[str]:
+    keys = set()
+    if hasattr(model, "reconstruct") and hasattr(model, "encode"):
+        keys |= {"recon_mse_per_pixel", "recon_bce_per_image", "knn5_accuracy"}
+    if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
+        keys |= {"elbo_nats", "kl_nats", "iwae_log_px_nats"}
+    if model.can_sample:
+        keys |= {"fid", "fid_floor", "precision", "recall", "class_entropy"} | {f"class_frac_{d}" for d in range(10)}
+        if model.conditional:
+            keys.add("label_agreement")
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_evaluate_run_gives_the_metrics_the_model_supports(name, tiny_runs, tiny_bundle):
+    run = load_run(tiny_runs[name], device="cpu")
+    results = evaluate_run(run, data=tiny_bundle, seed=0, **SMALL)
+    assert results["model"] == name and results["seed"] == 0
+    assert set(results["metrics"]) == _expected_metrics(run.model)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in results["metrics"].values())
+    m = results["metrics"]
+    if "fid" in m:
+        assert results["n_samples"] == SMALL["n_samples"]
+        assert m["fid"] >= 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["class_entropy"] <= 1
+        assert sum(m[f"class_frac_{d}"] for d in range(10)) == pytest.approx(1.0)
+    if "iwae_log_px_nats" in m:
+        assert results["iw_samples"] == SMALL["iw_samples"]
+        assert m["iwae_log_px_nats"] >= m["elbo_nats"] - 1.0
+    assert results["notes"] and all(isinstance(n, str) for n in results["notes"])
+    json.dumps(results)  # JSON-ready
+
+
+@pytest.mark.parametrize("name", ["vae", "gan"])
+def test_evaluate_run_is_deterministic_for_a_seed(name, tiny_runs, tiny_bundle):
+    run = load_run(tiny_runs[name], device="cpu")
+    first = evaluate_run(run, data=tiny_bundle, seed=3, **SMALL)
+    second = evaluate_run(load_run(tiny_runs[name], device="cpu"), data=tiny_bundle, seed=3, **SMALL)
+    assert first["metrics"] == second["metrics"]
+    other = evaluate_run(run, data=tiny_bundle, seed=4, **SMALL)
+    assert other["metrics"]["fid"] != first["metrics"]["fid"]  # the seed does drive the samples
+
+
+def test_evaluate_run_refuses_bad_counts(tiny_runs, tiny_bundle):
+    with pytest.raises(GenlabError):
+        evaluate_run(tiny_runs["vae"], data=tiny_bundle, n_samples=1)
+    with pytest.raises(GenlabError):
+        evaluate_run(tiny_runs["vae"], data=tiny_bundle, iw_samples=0)
+
+
+def test_eval_json_round_trip_and_corruption(tmp_path):
+    results = {"model": "vae", "seed": 0, "metrics": {"fid": 1.5}, "notes": [], "warnings": []}
+    path = write_eval(tmp_path, results)
+    assert path == tmp_path / EVAL_FILE and read_eval(tmp_path) == results
+    assert read_eval(tmp_path / "elsewhere") == {}
+    path.write_text("{not json")
+    with pytest.raises(RunFolderError, match="not valid JSON"):
+        read_eval(tmp_path)
+    path.write_text('{"model": "vae"}')
+    with pytest.raises(RunFolderError, match="metrics"):
+        read_eval(tmp_path)
+
+
+def test_genlab_eval_json_end_to_end(tiny_runs, tmp_path, capsys):
+    run_dir = Path(shutil.copytree(tiny_runs["vae"], tmp_path / "vae"))  # eval.json goes into a copy
+    argv = ["eval", str(run_dir), "--json", "--n-samples", "200", "--iw-samples", "4", "--seed", "7", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object
+    results = json.loads(out[0])
+    assert results["seed"] == 7 and results["n_samples"] == 200 and results["iw_samples"] == 4
+    assert _expected_metrics(load_run(run_dir).model) == set(results["metrics"])
+    assert read_eval(run_dir)["metrics"] == results["metrics"]  # saved beside the run
+
+    assert main(argv) == 0  # a second eval: identical numbers
+    assert json.loads(capsys.readouterr().out)["metrics"] == results["metrics"]
+
+
+def test_genlab_eval_table_and_errors(tiny_runs, tmp_path, capsys):
+    assert main(["eval", str(tiny_runs["ae"]), "--no-save", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "recon_mse_per_pixel" in out and "knn5_accuracy" in out and "fid" not in out
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert main(["eval", str(tiny_runs["gan"]), "--n-samples", "1", "--no-save"]) == 2
+    assert "n_samples" in capsys.readouterr().err
