@@ -398,7 +398,7 @@ def test_train_resume_of_another_models_run_is_refused(vae_run, tiny_data_dir, c
 
 
 def test_missing_run_folder(tmp_path, capsys):
-    assert_one_line_error(genlab(capsys, "resume", tmp_path / "nowhere"), "nothing to resume", "nowhere")
+    assert_one_line_error(genlab(capsys, "resume", tmp_path / "nowhere"), "run folder", "nowhere", "does not exist")
     assert_one_line_error(genlab(capsys, "sample", tmp_path / "nowhere", "-o", tmp_path / "s.npy"), "does not exist")
     assert not (tmp_path / "nowhere").exists()
 

@@ -117,6 +117,7 @@ def test_valid_files_round_trip(data):
 @given(mutated_idx() | hostile_header())
 @example(WRAPPING_HEADER)
 @example(WRAPPING_HEADER[:8] + (2**32 - 1).to_bytes(4, "big") * 3)
+@example(bytes([0, 0, 0x08, 4, 0, 0, 0, 0, 0, 0, 0, 28]) + (2**31).to_bytes(4, "big") * 2)  # found by this test
 def test_mutated_files(data):
     parse_or_data_error(data)
 

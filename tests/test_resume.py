@@ -499,3 +499,32 @@ def test_config_records_versions_device_data_and_the_resolved_config(tmp_path, t
     assert set(info["model"]) == set(MODELS["vae"].config_class.__dataclass_fields__)
     # and the record is enough to rebuild the run
     assert load_run(run_dir).model_config == MODELS["vae"].config_class()
+
+
+# --------------------------------------------------------------------------------------------
+# Killed before anything was written
+# --------------------------------------------------------------------------------------------
+
+
+def test_leftovers_of_a_killed_start_do_not_block_a_new_run(tmp_path, tiny_data_dir, capsys):
+    """Killed while making the folder: only genlab's own probe and temp files are in it."""
+    run_dir = tmp_path / "ae"
+    run_dir.mkdir()
+    (run_dir / ".genlab-write-test").write_bytes(b"")
+    (run_dir / f".{CONFIG_FILE}.x1y2z3.tmp").write_text('{"half": ')
+    args = ["train", "ae", "--data", str(tiny_data_dir), "--out", str(run_dir), "--epochs", "1", "--batch-size", "32",
+            "--hidden-dims", "48", "--quiet", "--no-figures"]
+    assert main(args + ["--resume"]) == 0  # nothing to resume yet: it starts
+    assert "nothing to resume" in capsys.readouterr().out
+    assert (run_dir / WEIGHTS_FILE).is_file()
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE])
+
+
+def test_resume_without_config_but_with_run_files_is_refused(tmp_path, tiny_data_dir, capsys):
+    run_dir = tmp_path / "ae"
+    run_dir.mkdir()
+    (run_dir / CHECKPOINT_FILE).write_bytes(b"whatever")
+    args = ["train", "ae", "--data", str(tiny_data_dir), "--out", str(run_dir), "--resume", "--quiet", "--no-figures"]
+    assert main(args) == 2
+    assert f"{CONFIG_FILE} is missing" in capsys.readouterr().err
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == b"whatever"

@@ -111,9 +111,10 @@ def cmd_train(args) -> None:
 
 def cmd_resume(args) -> None:
     from . import plots
-    from .runs import load_run
+    from .runs import load_run, read_config
     from .train import fit
 
+    read_config(Path(args.run_dir))  # a run folder with a valid config, or one clear error
     run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet)
     plots.make_figures(load_run(run_dir))
     print(f"done: {run_dir}")

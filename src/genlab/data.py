@@ -136,7 +136,10 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{source}: truncated: header promises {expected} bytes of data for shape {shape}, found {payload}")
     if payload > expected:
         raise DataError(f"{source}: {payload - expected} unexpected bytes after the data for shape {shape}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape).copy()
+    try:
+        return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape).copy()
+    except ValueError:  # e.g. (0, 2^31, 2^31): no data, but a shape numpy cannot represent
+        raise DataError(f"{source}: IDX header shape {shape} is not a usable array shape") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

@@ -56,6 +56,7 @@ from .utils import TMP_SUFFIX, pick_device, seed_everything
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
+WRITE_PROBE = ".genlab-write-test"  # an empty file made and removed to test that the folder is writable
 
 
 def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[TrainConfig, ModelConfig]:
@@ -95,15 +96,21 @@ def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) 
     }
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an unusable output folder before anything is read, built or written."""
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse an unusable output folder before anything is read, built or written; returns
+    whether there is a run to resume (False for --resume of a run killed before it wrote its
+    config: it simply starts)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"output path {run_dir} exists and is not a folder")
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    leftovers = (WRITE_PROBE, *(f".{name}." for name in RUN_FILES))  # a killed process's, never read
+    existing = run_dir.is_dir() and any(not p.name.startswith(leftovers) for p in run_dir.iterdir())
     if existing and not resume and not overwrite:
         raise RunFolderError(f"output folder {run_dir} already exists: use --resume to continue it or --overwrite to replace it")
     if resume and not (run_dir / CONFIG_FILE).is_file():
-        raise RunFolderError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}")
+        if any((run_dir / name).exists() for name in RUN_FILES):
+            raise RunFolderError(f"cannot resume {run_dir}: its {CONFIG_FILE} is missing; use --overwrite to start again")
+        return False
+    return resume
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -121,7 +128,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         for name in RUN_FILES:
             for stale in run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
                 stale.unlink(missing_ok=True)
-        probe = run_dir / ".genlab-write-test"
+        probe = run_dir / WRITE_PROBE
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -252,7 +259,10 @@ def fit(
     run_dir = Path(run_dir)
     # Everything that can refuse the run (folder, configs, data, checkpoint) is checked before
     # anything is written, so a refused command never touches an existing run.
-    _check_run_dir(run_dir, resume, overwrite)
+    resumable = _check_run_dir(run_dir, resume, overwrite)
+    if resume and not resumable:
+        log(f"nothing to resume in {run_dir} yet: starting the run")
+    resume = resumable
     saved_info: dict = {}
     if resume:
         # The saved config wins: a resumed run continues exactly what was started.
