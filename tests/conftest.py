@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Read once, before the per-test isolation below removes it from the environment.
@@ -26,6 +27,10 @@ os.environ["GENLAB_OFFLINE"] = "1"
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
 os.environ.pop("GENLAB_DATA", None)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One CPU thread per process, children included: the tiny models here gain nothing from more,
+# and on a shared 2-core machine oversubscribed threads made the suite ten times slower.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 N_TRAIN, N_TEST = 200, 60  # tiny: a 1-epoch run of any model takes well under a second
 
@@ -126,14 +131,55 @@ def tiny_train_config(model: str, data_dir: Path | None = None, **overrides):
     return TrainConfig(data_dir=str(data_dir) if data_dir else None, **values)
 
 
+TINY_CLI_OPTIONS = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """Run `genlab argv...` in-process; (exit status, stdout, stderr), argparse exits included."""
+    import contextlib
+    import io
+
+    from genlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, session_data_dir, tiny_bundle) -> dict[str, Path]:
-    """name -> run folder: every registered model trained for 1 epoch on the tiny data, with
-    the data folder recorded in its config (so `genlab encode` etc. find the same data)."""
-    from genlab import MODELS, fit
+def tiny_cli_runs(tmp_path_factory, session_data_dir) -> dict[str, tuple[Path, tuple[int, str, str]]]:
+    """name -> (run folder, (status, stdout, stderr) of `genlab train NAME --epochs 1 ...`) for
+    every registered model, trained once per session on the tiny data (recorded in its config,
+    so `genlab encode` etc. find the same data), figures included."""
+    from genlab import MODELS
 
     root = tmp_path_factory.mktemp("tiny-runs")
     return {
-        name: fit(tiny_train_config(name, session_data_dir), None, root / name, data=tiny_bundle, progress=False, log=lambda _: None)
+        name: (root / name, run_cli("train", name, *TINY_CLI_OPTIONS, "--data", session_data_dir, "--out", root / name))
         for name in sorted(MODELS)
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_cli_runs) -> dict[str, Path]:
+    """name -> run folder of `tiny_cli_runs`."""
+    return _RunFolders(tiny_cli_runs)
+
+
+class _RunFolders(dict):
+    """A dict of run folders; looking up a model whose training failed fails that test, with
+    the command's error, instead of an unhelpful missing-file error later."""
+
+    def __init__(self, cli_runs):
+        super().__init__({name: run_dir for name, (run_dir, _) in cli_runs.items()})
+        self._results = {name: result for name, (_, result) in cli_runs.items()}
+
+    def __getitem__(self, name):
+        code, _, err = self._results[name]
+        if code != 0:
+            pytest.fail(f"genlab train {name} failed (status {code}): {err.strip()[-500:]}")
+        return super().__getitem__(name)

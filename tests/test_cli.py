@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import io
 import re
 import subprocess
 import sys
@@ -14,23 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import N_TEST, synthetic_digits, write_idx_folder
-from genlab.cli import build_parser, main
+from conftest import N_TEST, TINY_CLI_OPTIONS, run_cli, synthetic_digits
+from genlab.cli import build_parser
 from genlab.models import MODELS
 
 NAMES = sorted(MODELS)
-TINY = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    """Run `genlab argv...` in-process; (exit status, stdout, stderr), argparse exits included."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+TINY = TINY_CLI_OPTIONS
+cli = run_cli  # genlab ARGS in-process -> (status, stdout, stderr)
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
@@ -48,16 +36,14 @@ def _can_sample(name: str) -> bool:
     return MODELS[name].sample is not GenerativeModel.sample
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_idx_folder(tmp_path_factory.mktemp("cli-idx"))
+@pytest.fixture
+def data_dir(session_data_dir) -> Path:
+    return session_data_dir
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> dict[str, tuple[Path, tuple[int, str, str]]]:
-    """name -> (run folder, result of `genlab train NAME --epochs 1 ...`) for every model."""
-    root = tmp_path_factory.mktemp("cli-runs")
-    return {name: (root / name, cli("train", name, *TINY, "--data", data_dir, "--out", root / name)) for name in NAMES}
+@pytest.fixture
+def trained(tiny_cli_runs):
+    return tiny_cli_runs
 
 
 @pytest.mark.parametrize("name", NAMES)
