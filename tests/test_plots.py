@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +137,15 @@ def test_tile_drops_images_beyond_the_grid():
     images = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) / 10
     grid = plots.tile(images, rows=1, cols=2, pad=0)
     np.testing.assert_allclose(grid, [[0.0, 0.1]])
+
+
+def test_importing_genlab_leaves_the_matplotlib_backend_alone():
+    """A notebook's inline backend must survive `import genlab.plots` (it used to force Agg)."""
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+        "import genlab.plots, genlab.lab, genlab.cli\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert not plt.get_fignums()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -12,17 +12,18 @@ from pathlib import Path
 from statistics import NormalDist
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import torch  # noqa: E402
 
 from .data import DataBundle, load_dataset  # noqa: E402
 from .runs import FIGURES_DIR, Run  # noqa: E402
 from .utils import atomic_write_bytes, make_generator  # noqa: E402
 
-DIGIT_COLOURS = plt.get_cmap("tab10")
+# Figures are built as matplotlib.figure.Figure objects, never through pyplot: no global backend
+# is set or changed (importing genlab keeps a notebook's inline plots working) and nothing
+# is left open. savefig renders PNG with Agg whatever the session's backend.
+DIGIT_COLOURS = matplotlib.colormaps["tab10"]
 
 
 def tile(images, rows: int, cols: int, pad: int = 2) -> np.ndarray:
@@ -39,14 +40,14 @@ def tile(images, rows: int, cols: int, pad: int = 2) -> np.ndarray:
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def _image_figure(grid: np.ndarray, title: str, path: Path, row_labels: list[str] | None = None, cell: int = 30) -> Path:
     scale = 0.012
-    fig, ax = plt.subplots(figsize=(max(3.0, grid.shape[1] * scale * 2.2), max(2.0, grid.shape[0] * scale * 2.2)))
+    fig = Figure(figsize=(max(3.0, grid.shape[1] * scale * 2.2), max(2.0, grid.shape[0] * scale * 2.2)))
+    ax = fig.subplots()
     ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
@@ -84,7 +85,8 @@ def plot_latent_space(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, cl
     z = run.encode(x).numpy()
     points, label, _, _ = _project_2d(z)
     labels = y.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(6, 5.2))
+    fig = Figure(figsize=(6, 5.2))
+    ax = fig.subplots()
     for digit in range(10):
         keep = labels == digit
         name = class_names[digit] if class_names else str(digit)
@@ -180,7 +182,8 @@ def plot_losses(run: Run, path: Path) -> Path:
         groups.append(("D(x) and D(G(z))", [k for k in ("d_real", "d_fake") if k in keys]))
         keys = [k for k in keys if k not in ("d_loss", "g_loss", "d_real", "d_fake")]
     groups += [(k, [k]) for k in keys]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.3), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(groups), 3.3))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (title, names) in zip(axes[0], groups):
         for i, name in enumerate(names):
             colour = f"C{i}"
