@@ -306,6 +306,7 @@ def train_args(name: str, data_dir: Path, run_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # two processes, each importing torch: ~10 s on a busy machine
 @pytest.mark.parametrize("name, how", [("vae", "train --resume"), ("gan", "genlab resume")])
 def test_sigkill_mid_run_then_resume_finishes_identically(name, how, tmp_path, session_data_dir, reference):
     run_dir = tmp_path / name
@@ -328,6 +329,7 @@ def test_sigkill_mid_run_then_resume_finishes_identically(name, how, tmp_path, s
     assert_same_weights(run_dir, reference(name))
 
 
+@pytest.mark.slow  # two processes, each importing torch: ~10 s on a busy machine
 def test_sigkill_during_a_checkpoint_write_keeps_the_old_checkpoint(tmp_path, session_data_dir, reference):
     """Killed while the new checkpoint is half on disk: the old one is still whole."""
     if not Path("/proc/self/fd").is_dir():
@@ -369,11 +371,13 @@ from genlab.cli import main""",
     assert_same_weights(run_dir, reference("ae"))
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_with_one_line_and_resumes(tmp_path, session_data_dir, reference):
+@pytest.mark.slow  # two processes, each importing torch: ~10 s on a busy machine
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_checkpoint_exits_with_one_line_and_resumes(sig, tmp_path, session_data_dir, reference):
     run_dir = tmp_path / "vae"
     child = start_child(train_args("vae", session_data_dir, run_dir))
     wait_for(lambda: checkpoint_step(run_dir) >= 4, child)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)  # SIGINT: Ctrl-C; SIGTERM: `kill`, a scheduler or a container stopping
     out, err = child.communicate(timeout=60)
     assert child.returncode == 2
     lines = [line for line in err.splitlines() if line.strip()]

@@ -1,8 +1,9 @@
 """The one training loop, for every model: data on the device, phases in order, checkpoints.
 
-Read `fit` top to bottom: it prepares the run folder, builds the model and one Adam optimizer per
-phase (one for an AE/VAE, two for a GAN), then for each epoch shuffles the training images by
-index, steps every phase on every batch, evaluates the test split, appends a metrics row and
+Read `fit` top to bottom: it checks the run folder, configs, data and checkpoint before it
+writes anything, builds the model and one Adam optimizer per phase (one for an AE/VAE, two for
+a GAN), then for each epoch shuffles the training images by index, steps every phase on every
+batch, evaluates the test split and the run's health (`health.py`), appends a metrics row and
 saves a checkpoint. The model computes its own losses; the loop never asks what it trains.
 
 Speed: the whole split lives on the device as one float tensor and batches are index slices;
@@ -10,9 +11,12 @@ logged values are summed as tensors and read back (one host sync) only every `SY
 when the progress bar and the non-finite guard look at them.
 
 Resume: a checkpoint holds the weights, each optimizer's state, the global and the shuffling RNG
-states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt) and how
-far into the epoch the loop got. Resuming on CPU with the same seed gives bitwise the weights an
-uninterrupted run gives.
+states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt), how
+far into the epoch the loop got and the metrics rows so far (metrics.jsonl is rebuilt from them,
+so a kill between the two writes leaves no gap). Resuming on CPU with the same seed gives bitwise
+the weights an uninterrupted run gives. Every file is written atomically; a checkpoint is only
+written when the weights are finite, so the last one is always good. Ctrl-C or SIGTERM stops at
+the next batch boundary after saving one.
 """
 
 from __future__ import annotations
@@ -430,14 +434,17 @@ def _interrupted(state: LoopState, run_dir: Path) -> GenlabError:
 
 
 class _InterruptFlag:
-    """Ctrl-C sets a flag that the loop reads at the next batch boundary, so the checkpoint it
-    then writes is consistent (never half a GAN step). A second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (what `kill`, schedulers and containers send before they
+    force a stop) sets a flag that the loop reads at the next batch boundary, so the checkpoint
+    it then writes is consistent (never half a GAN step). A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.is_set = False
-        self._previous = None
+        self._previous: dict = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.is_set:
@@ -445,8 +452,8 @@ class _InterruptFlag:
         self.is_set = True
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _check_finite(recent: list[tuple[int, torch.Tensor]], state: LoopState, cfg: TrainConfig) -> None:
