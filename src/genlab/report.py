@@ -9,10 +9,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .evaluate import read_eval
+from .models import get_model_class
 from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
 from .utils import atomic_write_text
-
-EVAL_FILE = "eval.json"
 
 FIGURE_TITLES = {
     "samples": "Samples",
@@ -76,11 +76,8 @@ def _load_runs(lab_dir: Path, models: list[str] | None) -> list[dict]:
         if not (run_dir / CONFIG_FILE).is_file():
             continue
         train_config, model_config, info = read_config(run_dir)
-        from .models import get_model_class
-
         cls = get_model_class(train_config.model)
-        eval_path = run_dir / EVAL_FILE
-        evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+        evaluation = read_eval(run_dir)
         runs.append(
             {
                 "name": name,
@@ -125,7 +122,7 @@ def _metrics_table(runs: list[dict]) -> str:
         cells = "".join(f"<td>{_fmt(r['eval'].get('metrics', {}).get(k, ''))}</td>" for r in runs)
         body.append(f"<tr><td>{html.escape(k)}</td>{cells}</tr>")
     notes = {n for r in runs for n in r["eval"].get("notes", [])}
-    note_html = "".join(f"<li>{html.escape(n)}</li>" for n in sorted(notes))
+    note_html = "".join(f"<li>{html.escape(str(n))}</li>" for n in sorted(notes))
     return f"<h2>Measured</h2><table>{head}{''.join(body)}</table>" + (f"<ul class='note'>{note_html}</ul>" if note_html else "")
 
 
@@ -133,7 +130,7 @@ def _warnings(run: dict) -> str:
     warnings = [w for m in run["metrics"] for w in m.get("warnings", [])] + run["eval"].get("warnings", [])
     if not warnings:
         return ""
-    return "<ul class='warn'>" + "".join(f"<li>{html.escape(w)}</li>" for w in dict.fromkeys(warnings)) + "</ul>"
+    return "<ul class='warn'>" + "".join(f"<li>{html.escape(str(w))}</li>" for w in dict.fromkeys(warnings)) + "</ul>"
 
 
 def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:

@@ -6,6 +6,7 @@ A run folder holds
   checkpoint.safetensors weights, optimizer tensors and RNG states of the last checkpoint,
                          with the loop's position (epoch, step) as JSON in its metadata
   metrics.jsonl          one JSON object per finished epoch
+  eval.json              the measured metrics (`genlab eval`), when the run has been evaluated
   figures/               the PNG figures (`genlab plot RUN_DIR` rewrites them)
 Every file is written atomically (utils.atomic_write_*), and nothing is ever unpickled: tensors
 come from safetensors, everything else from JSON validated against the config dataclasses.
@@ -35,6 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"  # written by `genlab eval` and `genlab lab` (genlab.evaluate)
 FIGURES_DIR = "figures"
 FORMAT_VERSION = 1  # bump when the layout of a run folder changes incompatibly
 

@@ -41,6 +41,7 @@ from .models import GenerativeModel, get_model_class
 from .runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    EVAL_FILE,
     FIGURES_DIR,
     METRICS_FILE,
     WEIGHTS_FILE,
@@ -55,7 +56,6 @@ from .runs import (
     write_config,
     write_metrics,
 )
-from .report import EVAL_FILE
 from .utils import TMP_SUFFIX, pick_device, seed_everything
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
