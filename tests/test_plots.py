@@ -149,3 +149,15 @@ def test_importing_genlab_leaves_the_matplotlib_backend_alone():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_reconstructions_show_digits_from_across_the_test_split(tiny_runs, tmp_path, monkeypatch):
+    """With a class-sorted test split (the offline default's), the figure must not be all zeros."""
+    run = load_run(tiny_runs["ae"])
+    shown = []
+    original = run.reconstruct
+    monkeypatch.setattr(run, "reconstruct", lambda x: shown.append(x) or original(x))
+    x = torch.arange(100, dtype=torch.float32).view(100, 1, 1, 1).expand(100, 1, 28, 28) / 100  # image i = i/100
+    plots.plot_reconstructions(run, x, tmp_path / "r.png", n=10)
+    firsts = shown[0][:, 0, 0, 0].mul(100).round().long().tolist()
+    assert firsts == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]

@@ -63,7 +63,9 @@ def _image_figure(grid: np.ndarray, title: str, path: Path, row_labels: list[str
 
 def plot_reconstructions(run: Run, x: torch.Tensor, path: Path, n: int = 10) -> Path:
     """Two rows per block: originals above, reconstructions below."""
-    originals = x[:n]
+    # Evenly spaced, not the first n: a split sorted by class (the embedded digits' held-out
+    # test split is) would otherwise show n zeros.
+    originals = x[torch.linspace(0, len(x) - 1, min(n, len(x))).long()]
     recon = run.reconstruct(originals)
     grid = tile(torch.cat([originals.cpu(), recon]).numpy(), 2, n)
     return _image_figure(grid, f"{run.name}: test digits (top) and reconstructions (bottom)", path, ["original", "reconstruction"])
