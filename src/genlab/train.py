@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, load_dataset
