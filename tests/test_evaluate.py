@@ -15,6 +15,7 @@ import torch
 
 from genlab import MODELS, load_run
 from genlab.cli import main
+from genlab.data import cache_dir
 from genlab.errors import GenlabError, RunFolderError
 from genlab.evaluate import (
     EVAL_FILE,
@@ -291,6 +292,23 @@ def test_evaluate_run_is_deterministic_for_a_seed(name, tiny_runs, tiny_bundle):
     assert first["metrics"] == second["metrics"]
     other = evaluate_run(run, data=tiny_bundle, seed=4, **SMALL)
     assert other["metrics"]["fid"] != first["metrics"]["fid"]  # the seed does drive the samples
+
+
+def test_reference_features_are_cached_on_disk_and_survive_corruption(tiny_runs, tiny_bundle):
+    import genlab.evaluate as evaluate
+
+    run = load_run(tiny_runs["gan"], device="cpu")
+    evaluate._REFERENCE.clear()
+    first = evaluate_run(run, data=tiny_bundle, **SMALL)
+    files = sorted((cache_dir("features")).glob("*.safetensors"))
+    assert len(files) == 2  # test split (with k-NN radii) and training split
+    evaluate._REFERENCE.clear()  # as in a new process: read back from disk
+    assert evaluate_run(run, data=tiny_bundle, **SMALL)["metrics"] == first["metrics"]
+    for f in files:
+        f.write_bytes(b"garbage")
+    evaluate._REFERENCE.clear()
+    assert evaluate_run(run, data=tiny_bundle, **SMALL)["metrics"] == first["metrics"]  # recomputed
+    assert all(f.stat().st_size > 100 for f in files)  # and rewritten
 
 
 def test_evaluate_run_refuses_bad_counts(tiny_runs, tiny_bundle):

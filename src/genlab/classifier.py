@@ -146,8 +146,8 @@ def accuracy(model: DigitClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
 class ClassifierConfig:
     seed: int = 0  # seeds the weights, the shuffling, the augmentation and dropout
     epochs: int = 20  # passes over the training digits
-    batch_size: int = 128
-    lr: float = 3e-3  # peak Adam learning rate of the one-cycle schedule
+    batch_size: int = 128  # digits per AdamW step
+    lr: float = 3e-3  # peak learning rate of the one-cycle schedule (Smith & Topin 2017)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     val_fraction: float = 0.1  # stratified share of the training digits held out for choices
     max_rotation: float = 12.0  # augmentation: rotation in degrees, uniform in ±this
@@ -243,7 +243,7 @@ def train_classifier(
     seconds = time.perf_counter() - start
 
     save_tensors(out, model.state_dict(), {"model": ASSET_NAME, "feature_dim": FEATURE_DIM})
-    provenance = {
+    made = {
         "command": command or "genlab classifier train",
         "config": asdict(config),
         "training_data": {
@@ -260,13 +260,16 @@ def train_classifier(
         "weights_sha256": weights_sha256(out),
     }
     x_test, y_test = data.tensors("test")
-    provenance["test_accuracy"] = round(accuracy(model, x_test, y_test), 5)
-    provenance["test_data"] = {"source": data.source.split("; ")[-1], "n_test": int(len(y_test)),
-                               "sha256_test": _sha256(data.test_images, data.test_labels)}
-    atomic_write_json(out.with_suffix(".json"), provenance)
+    made["test_accuracy"] = round(accuracy(model, x_test, y_test), 5)
+    made["test_data"] = {
+        "source": data.source.split("; ")[-1],
+        "n_test": int(len(y_test)),
+        "sha256_test": _sha256(data.test_images, data.test_labels),
+    }
+    atomic_write_json(out.with_suffix(".json"), made)
     _LOADED.clear()  # a rebuilt file must not be shadowed by a cached copy
-    log(f"classifier: test accuracy {provenance['test_accuracy']:.4f} on {len(y_test)} test digits; wrote {out}")
-    return provenance
+    log(f"classifier: test accuracy {made['test_accuracy']:.4f} on {len(y_test)} test digits; wrote {out}")
+    return made
 
 
 def _sha256(*arrays: np.ndarray) -> str:

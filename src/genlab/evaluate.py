@@ -30,7 +30,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from .data import NUM_CLASSES, DataBundle, load_dataset
+from .data import NUM_CLASSES, DataBundle, cache_dir, load_dataset
 from .errors import GenlabError, RunFolderError
 from .utils import atomic_write_json, make_generator
 
@@ -283,21 +283,60 @@ def _fingerprint(module: torch.nn.Module) -> str:
 
 def reference_features(images: np.ndarray, classifier, with_radii: bool) -> RealFeatures:
     """Features of real uint8 digits (N, 28, 28), cached by their SHA-256, the classifier's
-    weights and device — each lab evaluates several models against the same test set."""
+    weights and the device: in memory (a lab evaluates several models against the same test
+    set) and as safetensors in `~/.cache/genlab/features/` (each `genlab eval` is a new process).
+    """
     from .classifier import predict
 
     device = next(classifier.parameters()).device
-    key = (_sha256_bytes(np.ascontiguousarray(images).tobytes()), _fingerprint(classifier), str(device))
-    ref = _REFERENCE.get(key)
+    key = (_sha256_bytes(np.ascontiguousarray(images).tobytes()), _fingerprint(classifier), device.type)
+    path = cache_dir("features") / f"{key[0][:20]}-{key[1][:20]}-{key[2]}.safetensors"
+    ref = _REFERENCE.get(key) or _read_cached(path, len(images), device)
+    changed = ref is None
     if ref is None:
         x = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
         feats, _ = predict(classifier, x)
         ref = RealFeatures(feats, *feature_statistics(feats.double().cpu().numpy()))
-        _REFERENCE[key] = ref
     if with_radii and ref.sq_radii is None:
         # distances do not change under a shift; centring only tames float32 round-off
         ref.sq_radii = kth_neighbour_sq_radius(ref.features - ref.features.mean(0), PR_NEIGHBOURS)
+        changed = True
+    _REFERENCE[key] = ref
+    if changed:
+        _write_cached(path, ref)
     return ref
+
+
+def _read_cached(path: Path, n: int, device: torch.device) -> RealFeatures | None:
+    """The cached features, or None when absent or not what we expect (then they are recomputed)."""
+    from .runs import load_tensors
+
+    if not path.is_file():
+        return None
+    try:
+        t, _ = load_tensors(path)
+        ref = RealFeatures(t["features"].to(device), t["mu"].numpy(), t["sigma"].numpy(), t.get("sq_radii"))
+    except (GenlabError, KeyError):
+        return None
+    d = ref.features.shape[-1]
+    if ref.features.shape != (n, d) or ref.mu.shape != (d,) or ref.sigma.shape != (d, d):
+        return None
+    if ref.sq_radii is not None:
+        ref.sq_radii = ref.sq_radii.to(device) if ref.sq_radii.shape == (n,) else None
+    return ref
+
+
+def _write_cached(path: Path, ref: RealFeatures) -> None:
+    from .runs import save_tensors
+
+    tensors = {"features": ref.features, "mu": torch.from_numpy(ref.mu), "sigma": torch.from_numpy(ref.sigma)}
+    if ref.sq_radii is not None:
+        tensors["sq_radii"] = ref.sq_radii
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(path, tensors, {"what": "classifier features of real digits"})
+    except OSError:
+        pass  # a read-only cache only costs time
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +416,8 @@ def evaluate_run(
             f"knn{KNN_NEIGHBOURS}_accuracy: a {KNN_NEIGHBOURS}-nearest-neighbour vote (Euclidean) fit on the latents of the "
             f"{len(x_train)} training digits, scored on the latents of the test digits (a VAE's latent is its posterior mean)."
         )
+        if y_test is not None and _accepts_labels(model.reconstruct):
+            notes.append("The model is conditional: its reconstructions are decoded with each test digit's true label.")
         seconds["reconstruction"] = time.perf_counter() - t
 
     if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
@@ -427,7 +468,8 @@ def evaluate_run(
         warnings.append(f"FID and precision/recall from {n_samples} samples: both are biased for small n; compare runs only at equal n")
     if data.name != "mnist" and model.can_sample:
         warnings.append(f"sample metrics use a classifier of MNIST digits, but the data is {data.name}: read FID with care")
-    notes.append(f"Samples drawn with torch.Generator(seed = {seed}) on {device}; same run + seed = same numbers.")
+    if model.can_sample:
+        notes.append(f"Samples drawn with torch.Generator(seed = {seed}) on {device}; same run + seed = same numbers.")
     return {
         "model": run.name,
         "seed": seed,
