@@ -136,10 +136,14 @@ def test_dcgan_architecture_follows_the_recipe():
     model = DCGAN(DCGANConfig(**SMALL))
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.generator.modules())
     assert any(isinstance(m, nn.LeakyReLU) for m in model.features.modules())
-    assert isinstance(model.features[0], nn.Conv2d) and not isinstance(model.features[1], nn.BatchNorm2d)  # no norm on the input layer
+    assert any(isinstance(m, nn.Dropout) for m in model.features.modules())
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.features.modules())  # default: no norm in D
     assert model.adam_betas[0] == 0.5
-    plain = DCGAN(DCGANConfig(d_norm="none", **SMALL))
-    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in plain.features.modules())
+    paper = DCGAN(DCGANConfig(d_norm="batch", d_dropout=0.0, **SMALL))
+    norms = [i for i, m in enumerate(paper.features) if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 1 and norms[0] > 1  # after the second convolution, never on the input layer
+    wide = DCGAN(DCGANConfig(channels=(4, 8), g_channels=(6, 10)))
+    assert wide.generator[0].out_features == 10 * 7 * 7 and wide.features[0].out_channels == 4
     with pytest.raises(GenlabError, match="d_norm"):
         DCGANConfig(d_norm="spectral").validate()
 
@@ -149,16 +153,65 @@ def test_dcgan_label_smoothing_changes_only_the_real_target():
     losses = {}
     for smoothing in (0.0, 0.2):
         torch.manual_seed(0)
-        model = DCGAN(DCGANConfig(label_smoothing=smoothing, **SMALL)).train()
+        model = DCGAN(DCGANConfig(label_smoothing=smoothing, d_dropout=0.0, translate=0, **SMALL)).train()  # D deterministic
         cache = {"z": torch.randn(16, model.config.latent_dim)}
         out = model.loss(x, y, "discriminator", cache)
         with torch.no_grad():
             torch.manual_seed(0)
             real_logits = model.critic(x)
-        losses[smoothing] = (float(out.loss), real_logits)
+        losses[smoothing] = (float(out.loss.detach()), real_logits)
     (plain, real_logits), (smoothed, _) = losses[0.0], losses[0.2]
     # BCE(l, t) differs between targets 1 and 0.8 by 0.2·l per example (the fake half is unchanged)
     assert smoothed - plain == pytest.approx(float((0.2 * real_logits).mean()), abs=1e-5)
+
+
+def test_translate_shifts_each_image_and_passes_gradients():
+    from genlab.models.dcgan import translate
+
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0  # one bright pixel in the centre
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    out = translate(x, 2)
+    where = out.detach().flatten(1).argmax(1)
+    dy, dx = where // 9 - 4, where % 9 - 4
+    assert out.shape == x.shape and torch.equal(out.detach().sum((1, 2, 3)), torch.ones(64))  # moved, not lost
+    assert int(dy.abs().max()) == 2 and int(dx.abs().max()) == 2 and len(set(zip(dy.tolist(), dx.tolist()))) > 10
+    out.sum().backward()
+    assert float(x.grad[:, 0, 4, 4].min()) == 1.0  # every bright pixel reached D
+    edge = torch.zeros(1, 1, 3, 3)
+    edge[0, 0, :, 0] = 1.0
+    torch.manual_seed(0)
+    shifted = [translate(edge, 1) for _ in range(20)]
+    assert any(float(t.sum()) == 0 for t in shifted)  # shifted out of the frame: background fills in
+
+
+def test_generator_average_is_a_buffer_used_for_sampling():
+    torch.manual_seed(0)
+    model = DCGAN(DCGANConfig(g_ema=0.5, **SMALL)).train()
+    assert not any(n.startswith("ema_") for n, _ in model.named_parameters())
+    assert "ema_0_weight" in model.state_dict()  # saved and resumed with the run
+    x, y = _batch(8)
+    opt = torch.optim.Adam(model.phase_parameters("generator"), lr=0.1)
+    weights, averages = [model.generator[0].weight.detach().clone()], []
+    for _ in range(2):
+        opt.zero_grad()
+        model.loss(x, y, "generator", {}).loss.backward()  # folds in the weights of the step before
+        averages.append(model.ema_0_weight.clone())
+        opt.step()
+        weights.append(model.generator[0].weight.detach().clone())
+    # 1st update: nothing stepped yet, ema = w0; 2nd: decay min(0.5, (1 + 2) / (10 + 2)) = 0.25
+    torch.testing.assert_close(averages[0], weights[0])
+    torch.testing.assert_close(averages[1], 0.25 * weights[0] + 0.75 * weights[1])
+    z = torch.randn(4, model.config.latent_dim)
+    model.eval()
+    with torch.no_grad():
+        averaged = model.generate(z)
+        live = torch.sigmoid(model.generator(z))
+    assert not torch.allclose(averaged, live)  # eval-mode samples come from the average
+    model.train()
+    with torch.no_grad():
+        torch.testing.assert_close(model.generate(z), torch.sigmoid(model.generator(z)))  # training uses G itself
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +227,7 @@ def test_gradient_penalty_of_a_linear_critic():
         critic[1].weight.copy_(torch.tensor([[1.0, 2.0, -2.0, 0.0, 0.0, 0.0]]))  # |w| = 3
     real, fake = torch.rand(5, 1, 2, 3), torch.rand(5, 1, 2, 3)
     gp = gradient_penalty(lambda t: critic(t).squeeze(1), real, fake, torch.rand(5))
-    assert float(gp) == pytest.approx((3.0 - 1.0) ** 2)
+    assert float(gp.detach()) == pytest.approx((3.0 - 1.0) ** 2)
     gp.backward()  # the penalty must train the critic (create_graph=True)
     w = critic[1].weight.detach()
     torch.testing.assert_close(critic[1].weight.grad, 2 * (3.0 - 1.0) * w / 3.0)
@@ -188,7 +241,7 @@ def test_gradient_penalty_uses_one_epsilon_per_example():
     # |x̂| per example: 0.5·1 = 0.5, 0.25·2 = 0.5, 1·5 = 5
     expected = ((0.5 - 1) ** 2 + (0.5 - 1) ** 2 + (5 - 1) ** 2) / 3
     gp = gradient_penalty(lambda t: 0.5 * t.pow(2).flatten(1).sum(1), real, fake, eps)
-    assert float(gp) == pytest.approx(expected)
+    assert float(gp.detach()) == pytest.approx(expected)
 
 
 def test_wgan_critic_loss_assembles_w_and_penalty():
@@ -204,10 +257,10 @@ def test_wgan_critic_loss_assembles_w_and_penalty():
     eps = torch.rand(12)
     w = model.critic(x).mean() - model.critic(fake).mean()
     gp = gradient_penalty(model.critic, x, fake, eps)
-    assert float(out.loss) == pytest.approx(float(-w + 7.0 * gp), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float((-w + 7.0 * gp).detach()), rel=1e-5)
     # logs are shares of the mean over the two critic steps
-    assert float(out.logs["wasserstein"]) == pytest.approx(float(w) / 2, rel=1e-5)
-    assert float(out.logs["gp"]) == pytest.approx(float(gp) / 2, rel=1e-5)
+    assert float(out.logs["wasserstein"].detach()) == pytest.approx(float(w.detach()) / 2, rel=1e-5)
+    assert float(out.logs["gp"].detach()) == pytest.approx(float(gp.detach()) / 2, rel=1e-5)
 
 
 def test_wgan_phases_and_recipe():
@@ -297,8 +350,8 @@ def test_cvae_loss_pieces_and_label_free_helpers():
     model = CVAE(CVAEConfig(beta=2.0, classifier_weight=0.5, **SMALL)).train()
     x, y = _batch()
     out = model.loss(x, y, "model", {})
-    logs = {k: float(v) for k, v in out.logs.items()}
-    assert float(out.loss) == pytest.approx(logs["recon"] + 2.0 * logs["kl"] + 0.5 * logs["class_ce"], rel=1e-5)
+    logs = {k: float(v.detach()) for k, v in out.logs.items()}
+    assert float(out.loss.detach()) == pytest.approx(logs["recon"] + 2.0 * logs["kl"] + 0.5 * logs["class_ce"], rel=1e-5)
     model.eval()
     seen = _input_recorder([m for m in model.decoder.modules() if isinstance(m, nn.Linear)][0])
     with torch.no_grad():
@@ -321,7 +374,7 @@ def test_aae_losses():
     x, y = _batch()
     model = AAE(AAEConfig(adv_weight=3.0, **SMALL)).train()
     out = model.loss(x, y, "autoencoder", {})
-    assert float(out.loss) == pytest.approx(float(out.logs["recon"]) + 3.0 * float(out.logs["g_loss"]), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(out.logs["recon"].detach()) + 3.0 * float(out.logs["g_loss"].detach()), rel=1e-5)
     d_out = model.loss(x, y, "discriminator", {})
     d_out.loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())  # codes were made without gradient

@@ -53,19 +53,25 @@ def _norm2d(kind: str | None, channels: int) -> list[nn.Module]:
     return []
 
 
-def conv_features(channels: tuple[int, int] = (32, 64), norm: str | None = None, slope: float = 0.2) -> nn.Sequential:
+def conv_features(
+    channels: tuple[int, int] = (32, 64), norm: str | None = None, slope: float = 0.2, dropout: float = 0.0
+) -> nn.Sequential:
     """(B, 1, 28, 28) -> (B, channels[1]·7·7): two stride-2 convolutions with leaky ReLU.
 
     `norm`: None, "batch" or "layer", applied after the second convolution (never the first,
-    as in DCGAN: normalising the input layer hurts).
+    as in DCGAN: normalising the input layer hurts). `dropout` after each activation (a GAN
+    discriminator on few images: it slows D's memorising).
     """
     c1, c2 = channels
+    drop = [nn.Dropout(dropout)] if dropout > 0 else []
     return nn.Sequential(
         nn.Conv2d(1, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
         nn.LeakyReLU(slope),
+        *drop,
         nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, 7, 7)
         *_norm2d(norm, c2),
         nn.LeakyReLU(slope),
+        *drop,
         nn.Flatten(),  # (B, c2·49)
     )
 

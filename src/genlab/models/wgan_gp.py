@@ -37,15 +37,17 @@ from .dcgan import DCGAN
 @dataclass
 class WGANGPConfig(ModelConfig):
     latent_dim: int = 64  # noise size
-    channels: tuple[int, ...] = (32, 64)  # critic's conv channels (28->14->7); G mirrors them
+    channels: tuple[int, ...] = (16, 32)  # critic's conv channels (28->14->7), as DCGAN's D
+    g_channels: tuple[int, ...] = (32, 64)  # G's channels, mirrored (7->14->28), as DCGAN's G
     d_norm: str = "layer"  # critic normalisation after the second conv: "layer" or "none" (never batch)
     critic_steps: int = 5  # critic updates per generator update (n_critic in the paper)
     gp_weight: float = 10.0  # λ, weight of the gradient penalty (the paper's value)
 
     def validate(self) -> None:
         super().validate()
-        if len(self.channels) != 2 or min(self.channels) < 1:
-            raise GenlabError(f"channels must be two positive counts, got {tuple(self.channels)}")
+        for name in ("channels", "g_channels"):
+            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 1:
+                raise GenlabError(f"{name} must be two positive counts, got {tuple(getattr(self, name))}")
         if self.d_norm not in ("layer", "none"):
             raise GenlabError(
                 f"d_norm must be 'layer' or 'none' for WGAN-GP, got '{self.d_norm}' "
@@ -75,6 +77,7 @@ class WGANGP(DCGAN):
     config_class = WGANGPConfig
     default_lr = 1e-4
     default_epochs = 10
+    default_batch_size = 64  # the paper's
     adam_betas = (0.0, 0.9)  # the paper's Adam settings for WGAN-GP
 
     def __init__(self, config: WGANGPConfig):
