@@ -76,12 +76,15 @@ def _finished(run_dir: Path, epochs: int | None) -> bool:
     return epochs is None or train_config.epochs == epochs
 
 
+# The figures the lab prints per model after measuring it (all of them go to eval.json).
+HEADLINE_METRICS = ("recon_mse_per_pixel", "knn5_accuracy", "iwae_log_px_nats", "fid", "precision", "recall", "class_entropy")
+
+
 def _evaluate(run, data, seed: int, log) -> None:
-    """Measure the run and store eval.json beside it, when the metrics module is available."""
-    try:
-        from .evaluate import evaluate_run, write_eval
-    except ImportError:
-        return
+    """Measure the run (genlab.evaluate) and store eval.json beside it, for the report."""
+    from .evaluate import evaluate_run, write_eval
+
     results = evaluate_run(run, data=data, seed=seed)
     write_eval(run.path, results)
-    log(f"{run.name}: measured {', '.join(sorted(k for k in results if not isinstance(results[k], dict)))}")
+    shown = [f"{k} {results['metrics'][k]:.4g}" for k in HEADLINE_METRICS if k in results["metrics"]]
+    log(f"{run.name}: {', '.join(shown)}")

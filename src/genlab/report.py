@@ -107,12 +107,56 @@ def _summary_table(runs: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+# How to rank models on a metric: (metric, label, True if lower is better).
+RANKINGS = (
+    ("fid", "sample quality (FID on the classifier's features, lower is better)", True),
+    ("class_entropy", "digit coverage of samples (normalised class entropy, 1 = all ten equally)", False),
+    ("iwae_log_px_nats", "test log-likelihood (IWAE bound, nats per image, higher is better)", False),
+    ("recon_mse_per_pixel", "reconstruction (MSE per pixel, lower is better)", True),
+    ("knn5_accuracy", "latent codes that separate digits (5-NN accuracy, higher is better)", False),
+)
+
+
+def _metric(run: dict, key: str):
+    value = run["eval"].get("metrics", {}).get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def _family_reading(family: str, members: list[dict]) -> str:
+    """What this lab's numbers say about a family, in a sentence or two (empty if unmeasured)."""
+    def best(key, lower_better):
+        scored = [(r, _metric(r, key)) for r in members if _metric(r, key) is not None]
+        return min(scored, key=lambda t: t[1] if lower_better else -t[1]) if scored else (None, None)
+
+    sentences = []
+    if family == "reconstruction":
+        run, mse = best("recon_mse_per_pixel", True)
+        if run:
+            sentences.append(f"Here {run['name']} reconstructs best ({mse:.4f} MSE per pixel)")
+            knn_run, knn = best("knn5_accuracy", False)
+            if knn_run:
+                sentences[-1] += f" and {knn_run['name']}'s codes separate the digits best (5-NN accuracy {knn:.2f})"
+            sentences[-1] += "."
+    run, fid = best("fid", True)
+    if run:
+        entropy, precision, recall = _metric(run, "class_entropy"), _metric(run, "precision"), _metric(run, "recall")
+        text = f"Its best sampler, {run['name']}, reaches FID {fid:.3g}"
+        if precision is not None and recall is not None:
+            text += f" with precision {precision:.2f} (samples that look real) and recall {recall:.2f} (real digits covered)"
+        if entropy is not None:
+            text += f"; class entropy {entropy:.2f}" + (" (all ten digits)" if entropy >= 0.95 else " (some digits are under-represented)")
+        sentences.append(text + ".")
+    return " ".join(sentences)
+
+
 def _metrics_table(runs: list[dict]) -> str:
-    """The evaluation metrics (eval.json) side by side; blank where a metric does not apply."""
+    """The evaluation metrics (eval.json) side by side, blank where a metric does not apply,
+    then each model ranked on the metrics that several of them share."""
     keys: list[str] = []
     for r in runs:
         for k, v in r["eval"].get("metrics", {}).items():
-            if isinstance(v, (int, float)) and k not in keys:
+            # the ten per-class shares are folded into one 'class histogram' row below
+            if isinstance(v, (int, float)) and k not in keys and not k.startswith("class_frac_"):
                 keys.append(k)
     if not keys:
         return ""
@@ -121,9 +165,22 @@ def _metrics_table(runs: list[dict]) -> str:
     for k in keys:
         cells = "".join(f"<td>{_fmt(r['eval'].get('metrics', {}).get(k, ''))}</td>" for r in runs)
         body.append(f"<tr><td>{html.escape(k)}</td>{cells}</tr>")
+    histograms = []
+    for r in runs:
+        shares = [_metric(r, f"class_frac_{d}") for d in range(10)]
+        histograms.append(" ".join(f"{d}:{s:.0%}" for d, s in enumerate(shares) if s is not None))
+    if any(histograms):
+        body.append("<tr><td>class histogram of samples</td>" + "".join(f"<td style='font-size:.8em'>{h}</td>" for h in histograms) + "</tr>")
+    ranking = []
+    for key, label, lower_better in RANKINGS:
+        scored = [(r["name"], _metric(r, key)) for r in runs if _metric(r, key) is not None]
+        if len(scored) >= 2:
+            scored.sort(key=lambda item: item[1], reverse=not lower_better)
+            ranking.append(f"<li>{html.escape(label)}: " + " &gt; ".join(f"<b>{n}</b> ({v:.4g})" for n, v in scored) + "</li>")
+    rank_html = f"<h3>Ranking, best first</h3><ul>{''.join(ranking)}</ul>" if ranking else ""
     notes = {n for r in runs for n in r["eval"].get("notes", [])}
     note_html = "".join(f"<li>{html.escape(str(n))}</li>" for n in sorted(notes))
-    return f"<h2>Measured</h2><table>{head}{''.join(body)}</table>" + (f"<ul class='note'>{note_html}</ul>" if note_html else "")
+    return f"<h2>Measured</h2><table>{head}{''.join(body)}</table>{rank_html}" + (f"<ul class='note'>{note_html}</ul>" if note_html else "")
 
 
 def _warnings(run: dict) -> str:
@@ -159,7 +216,7 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         if not members:
             continue
         parts.append(f"<div class='col'><h3>{family.capitalize()}: {', '.join(r['name'] for r in members)}</h3>")
-        parts.append(f"<p>{FAMILY_TEXT[family]}</p></div>")
+        parts.append(f"<p>{FAMILY_TEXT[family]}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
     parts.append("</div>")
     # The pictures that both families can show, next to each other.
     for figure in ("samples", "interpolation", "losses"):
