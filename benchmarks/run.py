@@ -72,7 +72,7 @@ def _model_and_config(name: str):
     return model_name, cls.config_class(**overrides), batch
 
 
-def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int) -> dict:
+def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int, compile_model: bool = False) -> dict:
     import genlab
     from genlab.runs import build_model
     from genlab.train import resolve_configs
@@ -80,7 +80,7 @@ def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int) -> dict:
     model_name, model_config, batch = _model_and_config(name)
     data = genlab.load_dataset()
     train_config, model_config = resolve_configs(
-        genlab.TrainConfig(model=model_name, epochs=epochs, batch_size=batch, seed=seed, device="cpu"), model_config
+        genlab.TrainConfig(model=model_name, epochs=epochs, batch_size=batch, seed=seed, device="cpu", compile=compile_model), model_config
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = genlab.fit(train_config, model_config, Path(tmp) / name, data=data, progress=False, log=lambda s: None)
@@ -90,7 +90,7 @@ def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int) -> dict:
         x, y = data.tensors("train")
         flops = step_flops_per_image(model, x[: train_config.batch_size], y[: train_config.batch_size])
         result = {
-            "model": name,
+            "model": name + ("+compile" if compile_model else ""),
             "params": sum(p.numel() for p in model.parameters()),
             "batch_size": train_config.batch_size,
             "epochs": epochs,
@@ -213,7 +213,7 @@ def child(args) -> None:
     if args.child == "peer-vae":
         result = bench_peer_vae(args.epochs, args.seed)
     else:
-        result = bench_genlab(args.child, args.epochs, not args.no_metrics, args.seed)
+        result = bench_genlab(args.child, args.epochs, not args.no_metrics, args.seed, args.compile)
     result["matmul_peak_gflops"] = round(peak, 1)
     result["train_gflops"] = round(result["train_flops_per_img"] * result["img_per_s"] / 1e9, 2)
     result["frac_of_peak"] = round(result["train_gflops"] / peak, 3)
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer epochs, no metrics")
     parser.add_argument("--no-metrics", action="store_true", help="skip evaluation after training")
     parser.add_argument("--time-to-quality", action="store_true", help=f"also time until {TTQ}")
+    parser.add_argument("--compile", action="store_true", help="train with torch.compile (TrainConfig.compile); the first epoch, which compiles, is not counted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -250,7 +251,7 @@ def main() -> None:
     os.environ.setdefault("GENLAB_OFFLINE", "1")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--seed", str(args.seed)]
-        cmd += ["--no-metrics"] * args.no_metrics + ["--time-to-quality"] * args.time_to_quality
+        cmd += ["--no-metrics"] * args.no_metrics + ["--time-to-quality"] * args.time_to_quality + ["--compile"] * args.compile
         completed = subprocess.run(cmd, capture_output=True, text=True)
         if completed.returncode != 0:
             print(json.dumps({"model": name, "error": completed.stderr.strip().splitlines()[-1:]}), flush=True)

@@ -332,6 +332,8 @@ def fit(
             # so a resumed epoch sees the same batches in the same order.
             shuffle_gen.set_state(epoch_start_shuffle)
             order = torch.randperm(n_train, generator=shuffle_gen).to(device)
+            # One gather per epoch, so every batch below is a contiguous slice (no per-step copy).
+            x_epoch, y_epoch = x_train[order], y_train[order]
             next_epoch_shuffle = shuffle_gen.get_state()
             bar = tqdm(
                 total=n_batches, initial=state.step_in_epoch, desc=f"{model.name} epoch {state.epoch + 1}/{cfg.epochs}",
@@ -340,8 +342,8 @@ def fit(
             recent_losses: list[tuple[int, torch.Tensor]] = []
             t0 = time.perf_counter()
             for batch_index in range(state.step_in_epoch, n_batches):
-                idx = order[batch_index * cfg.batch_size : (batch_index + 1) * cfg.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
+                batch = slice(batch_index * cfg.batch_size, (batch_index + 1) * cfg.batch_size)
+                xb, yb = x_epoch[batch], y_epoch[batch]
                 cache: dict = {}
                 for phase in model.phases:
                     if len(model.phases) > 1:  # no gradients for the other players' weights
