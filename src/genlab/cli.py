@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model into a run folder")
     models = train.add_subparsers(dest="model", required=True, parser_class=_Parser, metavar="MODEL")
     for name, cls in sorted(MODELS.items()):
-        p = models.add_parser(name, help=(cls.__doc__ or "").strip().split("\n")[0], description=inspect.getdoc(inspect.getmodule(cls)))
+        module_doc = inspect.getdoc(inspect.getmodule(cls)) or ""
+        p = models.add_parser(name, help=module_doc.split(":")[0].split("(")[0].strip(), description=module_doc)
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         add_dataclass_options(p, TrainConfig, skip=("model", "data_dir"))
         p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
