@@ -186,34 +186,6 @@ def test_translate_shifts_each_image_and_passes_gradients():
     assert any(float(t.sum()) == 0 for t in shifted)  # shifted out of the frame: background fills in
 
 
-def test_generator_average_is_a_buffer_used_for_sampling():
-    torch.manual_seed(0)
-    model = DCGAN(DCGANConfig(g_ema=0.5, **SMALL)).train()
-    assert not any(n.startswith("ema_") for n, _ in model.named_parameters())
-    assert "ema_0_weight" in model.state_dict()  # saved and resumed with the run
-    x, y = _batch(8)
-    opt = torch.optim.Adam(model.phase_parameters("generator"), lr=0.1)
-    weights, averages = [model.generator[0].weight.detach().clone()], []
-    for _ in range(2):
-        opt.zero_grad()
-        model.loss(x, y, "generator", {}).loss.backward()  # folds in the weights of the step before
-        averages.append(model.ema_0_weight.clone())
-        opt.step()
-        weights.append(model.generator[0].weight.detach().clone())
-    # 1st update: nothing stepped yet, ema = w0; 2nd: decay min(0.5, (1 + 2) / (10 + 2)) = 0.25
-    torch.testing.assert_close(averages[0], weights[0])
-    torch.testing.assert_close(averages[1], 0.25 * weights[0] + 0.75 * weights[1])
-    z = torch.randn(4, model.config.latent_dim)
-    model.eval()
-    with torch.no_grad():
-        averaged = model.generate(z)
-        live = torch.sigmoid(model.generator(z))
-    assert not torch.allclose(averaged, live)  # eval-mode samples come from the average
-    model.train()
-    with torch.no_grad():
-        torch.testing.assert_close(model.generate(z), torch.sigmoid(model.generator(z)))  # training uses G itself
-
-
 # --------------------------------------------------------------------------------------------
 # WGAN-GP: the gradient penalty by hand
 # --------------------------------------------------------------------------------------------

@@ -76,24 +76,30 @@ def conv_features(
     )
 
 
-def conv_encoder(out_dim: int, channels: tuple[int, int] = (32, 64), norm: str | None = None) -> nn.Sequential:
-    """(B, 1, 28, 28) -> (B, out_dim): conv features, then one linear head."""
-    return nn.Sequential(conv_features(channels, norm), nn.Linear(channels[1] * FEATURE_SIDE**2, out_dim))
+def conv_encoder(out_dim: int, channels: tuple[int, int] = (32, 64), norm: str | None = None, hidden: tuple[int, ...] = ()) -> nn.Sequential:
+    """(B, 1, 28, 28) -> (B, out_dim): conv features, then fully connected layers of widths
+    `hidden` (ReLU between) and a linear head."""
+    return nn.Sequential(conv_features(channels, norm), mlp([channels[1] * FEATURE_SIDE**2, *hidden, out_dim]))
 
 
-def conv_decoder(in_dim: int, channels: tuple[int, int] = (32, 64), batch_norm: bool = False) -> nn.Sequential:
-    """(B, in_dim) -> pixel logits (B, 1, 28, 28); mirrors `conv_encoder` with the same `channels`.
+def conv_decoder(
+    in_dim: int, channels: tuple[int, int] = (32, 64), batch_norm: bool = False, hidden: tuple[int, ...] = ()
+) -> nn.Sequential:
+    """(B, in_dim) -> pixel logits (B, 1, 28, 28); mirrors `conv_encoder` with the same
+    `channels` and `hidden` (a small code needs a hidden layer or two before the feature map:
+    one linear map from a 2-D code to 7×7 feature maps draws poorly).
 
-    `batch_norm` after each hidden layer: DCGAN's generator stabiliser; off for autoencoders,
+    `batch_norm` after each layer: DCGAN's generator stabiliser; off for autoencoders,
     whose reconstructions should not depend on the other images in the batch.
     """
     c1, c2 = channels
-    bn1d = [nn.BatchNorm1d(c2 * FEATURE_SIDE**2)] if batch_norm else []
+    widths = [in_dim, *reversed(hidden), c2 * FEATURE_SIDE**2]
+    fully_connected: list[nn.Module] = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        fully_connected += [nn.Linear(n_in, n_out), *([nn.BatchNorm1d(n_out)] if batch_norm else []), nn.ReLU()]
     bn2d = [nn.BatchNorm2d(c1)] if batch_norm else []
     return nn.Sequential(
-        nn.Linear(in_dim, c2 * FEATURE_SIDE**2),
-        *bn1d,
-        nn.ReLU(),
+        *fully_connected,
         nn.Unflatten(1, (c2, FEATURE_SIDE, FEATURE_SIDE)),  # (B, c2, 7, 7)
         nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (B, c1, 14, 14)
         *bn2d,
@@ -110,7 +116,8 @@ def encoder_decoder(arch: str, code_dim: int, latent_dim: int, hidden_dims, chan
     thing in each.
     """
     if arch == "conv":
-        return conv_encoder(code_dim, tuple(channels)), conv_decoder(latent_dim, tuple(channels))
+        hidden = tuple(hidden_dims)
+        return conv_encoder(code_dim, tuple(channels), hidden=hidden), conv_decoder(latent_dim, tuple(channels), hidden=hidden)
     hidden = list(hidden_dims)
     encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))
     decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())

@@ -48,7 +48,6 @@ class DCGANConfig(ModelConfig):
     d_dropout: float = 0.3  # dropout after each of D's activations (keeps D from memorising a small data set)
     label_smoothing: float = 0.0  # one-sided: real target = 1 − this (Salimans et al. 2016); 0.1 also works
     translate: int = 2  # DiffAugment: shift every image D sees by up to this many pixels (0: off)
-    g_ema: float = 0.0  # decay of a moving average of G's weights, used for sampling (0: off; 0.999 did not help at lab budgets)
 
     def validate(self) -> None:
         super().validate()
@@ -63,8 +62,6 @@ class DCGANConfig(ModelConfig):
             raise GenlabError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.translate < 14:
             raise GenlabError(f"translate must be 0 to 13 pixels, got {self.translate}")
-        if not 0 <= self.g_ema < 1:
-            raise GenlabError(f"g_ema must be in [0, 1), got {self.g_ema}")
 
 
 @register("dcgan")
@@ -84,15 +81,11 @@ class DCGAN(GenerativeModel):
         # (B, z) -> logits (B, 1, 28, 28)
         self.generator = conv_decoder(config.latent_dim + n_labels, tuple(config.g_channels), batch_norm=True)
         norm = None if config.d_norm == "none" else config.d_norm
+        # WGAN-GP's config has neither dropout nor translation: both would change the critic
+        # whose input gradient the penalty constrains; hence the getattr defaults here.
+        self.max_shift = getattr(config, "translate", 0)  # pixels (DiffAugment)
         self.features = conv_features(channels, norm=norm, dropout=getattr(config, "d_dropout", 0.0))  # (B, 1, 28, 28) -> (B, F)
         self.head = nn.Linear(channels[1] * FEATURE_SIDE**2, 1)  # (B, F) -> (B, 1) logit
-        self._ema_names: dict[str, str] = {}  # generator parameter -> buffer holding its average
-        if getattr(config, "g_ema", 0.0) > 0:
-            # Buffers, not parameters: no optimizer touches them, and they are saved and resumed.
-            for name, p in self.generator.named_parameters():
-                self._ema_names[name] = "ema_" + name.replace(".", "_")
-                self.register_buffer(self._ema_names[name], p.detach().clone())
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # --- the two players ------------------------------------------------------------------
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
@@ -103,32 +96,13 @@ class DCGAN(GenerativeModel):
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]."""
-        return torch.sigmoid(self._run_generator(z))
-
-    def _run_generator(self, z: torch.Tensor) -> torch.Tensor:
-        """G's logits; in eval mode with `g_ema`, from the averaged weights (Yazıcı et al. 2019,
-        https://arxiv.org/abs/1806.04498: the average sits nearer the game's equilibrium than
-        the oscillating last iterate, so it samples better digits at the same budget)."""
-        if self.training or not self._ema_names:
-            return self.generator(z)
-        averaged = {name: getattr(self, buffer) for name, buffer in self._ema_names.items()}
-        return torch.func.functional_call(self.generator, averaged, (z,))
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """ema ← d·ema + (1 − d)·θ, with d ramped up from 0.1 over the first steps so that the
-        random initial weights are soon forgotten (as in Karras et al. 2018's G smoothing)."""
-        self.ema_updates += 1
-        decay = min(self.config.g_ema, (1.0 + float(self.ema_updates)) / (10.0 + float(self.ema_updates)))
-        params = dict(self.generator.named_parameters())
-        averages = [getattr(self, buffer) for buffer in self._ema_names.values()]
-        torch._foreach_lerp_(averages, [params[name].detach() for name in self._ema_names], 1.0 - decay)
+        return torch.sigmoid(self.generator(z))
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """What D looks at: real and fake images alike shifted by up to `translate` pixels
         (DiffAugment, Zhao et al. 2020, https://arxiv.org/abs/2006.10738). Differentiable, so G
         learns through it; it keeps D from memorising the 5,000 training digits."""
-        return translate(images, self.config.translate) if getattr(self.config, "translate", 0) else images
+        return translate(images, self.max_shift) if self.max_shift else images
 
     def critic(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """D's logits (B,) for images in [0, 1] (rescaled to [−1, 1], the range DCGAN uses)."""
@@ -148,8 +122,6 @@ class DCGAN(GenerativeModel):
                 fake = self.generate(cache["z"], labels)
             logs = self._discriminator_terms(self.critic(self.augment(x), labels), self.critic(self.augment(fake), labels))
             return LossOutput(loss=logs["d_loss"], logs=logs)
-        if self._ema_names:
-            self._update_ema()  # folds in the weights of G's previous step
         fake_logits = self.critic(self.augment(self.generate(cache["z"], labels)), labels)
         g_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))  # −log D(G(z))
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})
