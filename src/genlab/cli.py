@@ -126,11 +126,12 @@ def _open_run(args):
     return load_run(args.run_dir, device=getattr(args, "device", None) or "auto")
 
 
-def _test_images(run):
+def _over_test_set(run, fn, batch: int = 1000):
+    """`fn` applied to the run's test split in batches -> (numpy array, labels tensor)."""
     from .data import load_dataset
 
-    data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
-    return data.tensors("test")
+    x, y = load_dataset(run.train_config.dataset, run.train_config.data_dir).tensors("test")
+    return np.concatenate([fn(x[i : i + batch]).numpy() for i in range(0, len(x), batch)]), y
 
 
 def _save_array(path: str, save) -> None:
@@ -165,8 +166,7 @@ def cmd_encode(args) -> None:
     run = _open_run(args)
     if not hasattr(run.model, "encode"):
         raise GenlabError(f"model '{run.name}' has no encoder; encode needs an ae or vae run")
-    x, y = _test_images(run)
-    z = np.concatenate([run.encode(x[i : i + 1000]).numpy() for i in range(0, len(x), 1000)])
+    z, y = _over_test_set(run, run.encode)
     _save_array(args.output, lambda p: np.savez(p, z=z, y=y.numpy()))
     print(f"wrote latents z {z.shape} and labels y ({len(y)}) to {args.output}")
 
@@ -175,8 +175,8 @@ def cmd_reconstruct(args) -> None:
     run = _open_run(args)
     if not hasattr(run.model, "reconstruct"):
         raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
-    x, _ = _test_images(run)
-    recon = np.concatenate([run.reconstruct(x[i : i + 1000]).squeeze(1).numpy() for i in range(0, len(x), 1000)])
+    recon, _ = _over_test_set(run, run.reconstruct)
+    recon = recon.squeeze(1)
     _save_array(args.output, lambda p: np.save(p, recon.astype(np.float32)))
     print(f"wrote {len(recon)} reconstructions {recon.shape} to {args.output}")
 
