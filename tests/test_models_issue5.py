@@ -266,10 +266,10 @@ def _conditional(name: str):
     torch.manual_seed(0)
     if name == "cgan":
         return CGAN(CGANConfig(**SMALL)).eval(), "generator"
-    return CVAE(CVAEConfig(**SMALL)).eval(), "decoder"
+    return CVAE(CVAEConfig(arch="conv" if name == "cvae_conv" else "mlp", **SMALL)).eval(), "decoder"
 
 
-@pytest.mark.parametrize("name", ["cgan", "cvae"])
+@pytest.mark.parametrize("name", ["cgan", "cvae", "cvae_conv"])
 def test_conditional_sampling_feeds_the_labels(name):
     model, net = _conditional(name)
     assert model.conditional

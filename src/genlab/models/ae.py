@@ -22,9 +22,9 @@ from .blocks import check_arch, encoder_decoder
 @dataclass
 class AEConfig(ModelConfig):
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths (arch "mlp"); the decoder mirrors them
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
-    channels: tuple[int, ...] = (32, 64)  # conv channels after the first and second convolution (arch "conv")
+    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
 
     def validate(self) -> None:
         super().validate()

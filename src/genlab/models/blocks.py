@@ -112,11 +112,13 @@ def encoder_decoder(arch: str, code_dim: int, latent_dim: int, hidden_dims, chan
     """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder.
 
     arch "mlp": fully connected with `hidden_dims` (decoder mirrored); "conv": `conv_encoder` /
-    `conv_decoder` with `channels`. AE, VAE, CVAE and AAE share this, so `--arch` means the same
-    thing in each.
+    `conv_decoder` with `channels` and one fully connected layer of the last (narrowest) width
+    of `hidden_dims` between the conv features and the code (measured: a direct linear map from
+    a small code to the feature maps learns slowly, two layers cost more than they bring).
+    AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each.
     """
     if arch == "conv":
-        hidden = tuple(hidden_dims)
+        hidden = tuple(hidden_dims)[-1:]
         return conv_encoder(code_dim, tuple(channels), hidden=hidden), conv_decoder(latent_dim, tuple(channels), hidden=hidden)
     hidden = list(hidden_dims)
     encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))

@@ -33,9 +33,9 @@ ACTIVE_KL = 0.01  # nats: a latent dimension with less KL than this is counted a
 @dataclass
 class VAEConfig(ModelConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths (arch "mlp"); the decoder mirrors them
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
-    channels: tuple[int, ...] = (32, 64)  # conv channels after the first and second convolution (arch "conv")
+    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: str = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
 
