@@ -84,7 +84,8 @@ def _wait_for_progress(run_dir: Path, child: subprocess.Popen, last: int) -> Non
 
 def test_soak_sigkill_at_random_moments(tmp_path):
     data_dir = write_idx_folder(tmp_path / "idx")
-    run_dir, epochs = tmp_path / "vae", 6
+    # Enough epochs that five kills land before the run can finish on a fast, idle machine.
+    run_dir, epochs = tmp_path / "vae", 30
     args = [
         sys.executable, "-m", "genlab.cli", "train", "vae", "--data", str(data_dir), "--out", str(run_dir),
         "--epochs", str(epochs), "--batch-size", "16", "--hidden-dims", "48", "--device", "cpu",
