@@ -24,7 +24,7 @@ from genlab.models.blocks import conv_decoder, conv_encoder
 from genlab.models.cgan import CGAN, CGANConfig
 from genlab.models.cvae import CVAE, CVAEConfig
 from genlab.models.dcgan import DCGAN, DCGANConfig
-from genlab.models.vae import VAE, VAEConfig
+from genlab.models.vae import ACTIVE_KL, VAE, VAEConfig
 from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
 
 NEW_MODELS = ("dcgan", "wgan_gp", "cvae", "cgan", "aae")
@@ -109,7 +109,7 @@ def test_kl_per_dimension_sums_to_the_kl_term():
     assert per_dim.shape == (4,) and bool((per_dim >= 0).all())
     logs = model.eval_losses(x, y)
     assert float(per_dim.sum()) == pytest.approx(float(logs["kl"]), rel=1e-5)
-    assert float(logs["active_dims"]) == float((per_dim > 0.01).sum())
+    assert float(logs["active_dims"]) == float((per_dim > ACTIVE_KL).sum())
 
 
 def test_active_dims_counts_only_informative_dimensions():

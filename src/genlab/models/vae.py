@@ -27,7 +27,10 @@ from .blocks import check_arch, encoder_decoder
 # log σ² is clamped to this range: σ from e^-5 to e^5. Keeps exp() finite when the encoder
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
 LOGVAR_RANGE = (-10.0, 10.0)
-ACTIVE_KL = 0.01  # nats: a latent dimension with less KL than this is counted as collapsed
+# nats: a latent dimension with less KL than this counts as collapsed. Measured on the test set
+# (16-D, β = 1): used dimensions carry 1–2.2 nats, collapsed ones 0.00–0.03, so 0.01 would count
+# some collapsed ones by noise; 0.1 separates the two groups.
+ACTIVE_KL = 0.1
 
 
 @dataclass
