@@ -31,12 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..data import NUM_CLASSES
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import FEATURE_SIDE, conv_decoder, conv_features, one_hot
-
-NUM_CLASSES = 10
 
 
 @dataclass
