@@ -16,6 +16,12 @@ from dataclasses import dataclass, fields
 from .errors import GenlabError
 
 
+def check_widths(name: str, widths: tuple[int, ...]) -> None:
+    """Layer widths of a model config: at least one, all positive."""
+    if not widths or min(widths) < 1:
+        raise GenlabError(f"{name} must be positive widths, got {widths}")
+
+
 @dataclass
 class ModelConfig:
     """Fields every model has; each model family subclasses this with its own fields."""

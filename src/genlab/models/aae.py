@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
@@ -42,11 +42,9 @@ class AAEConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_widths("hidden_dims", self.hidden_dims)
         check_arch(self.arch, self.channels)
-        if not self.disc_dims or min(self.disc_dims) < 1:
-            raise GenlabError(f"disc_dims must be positive widths, got {self.disc_dims}")
+        check_widths("disc_dims", self.disc_dims)
         if not self.adv_weight >= 0:
             raise GenlabError(f"adv_weight must be 0 or more, got {self.adv_weight}")
         if self.recon_loss not in ("mse", "bce"):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
-from ..errors import GenlabError
+from ..config import ModelConfig, check_widths
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import check_arch, encoder_decoder
@@ -28,8 +27,7 @@ class AEConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_widths("hidden_dims", self.hidden_dims)
         check_arch(self.arch, self.channels)
 
 

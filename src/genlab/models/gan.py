@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
@@ -38,8 +38,7 @@ class GANConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_widths("hidden_dims", self.hidden_dims)
         if not 0 <= self.dropout < 1:
             raise GenlabError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.label_smoothing < 0.5:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
@@ -44,8 +44,7 @@ class VAEConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise GenlabError(f"hidden_dims must be positive widths, got {self.hidden_dims}")
+        check_widths("hidden_dims", self.hidden_dims)
         check_arch(self.arch, self.channels)
         if not self.beta >= 0:
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
