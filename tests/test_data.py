@@ -371,3 +371,16 @@ def test_real_test_set_with_embedded_training_digits(mnist_dir):
     assert np.bincount(bundle.test_labels).sum() == 10000 and set(bundle.test_labels.tolist()) == set(range(10))
     assert bundle.train_images.shape == (5000, 28, 28)
     assert np.bincount(bundle.train_labels).tolist() == [500] * 10
+
+
+def test_binarize_gives_binary_pixels_with_the_grey_level_as_probability():
+    grey = torch.full((200, 1, 28, 28), 0.3)
+    grey[:, :, :14] = 0.0  # black stays black, white stays white
+    grey[:, :, 20:] = 1.0
+    binary = gdata.binarize(grey, torch.Generator().manual_seed(0))
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert binary[:, :, :14].sum() == 0 and binary[:, :, 20:].min() == 1
+    assert binary[:, :, 14:20].mean().item() == pytest.approx(0.3, abs=0.01)
+    fixed = gdata.fixed_binarization(grey)
+    assert torch.equal(fixed, gdata.fixed_binarization(grey))  # the same for every run
+    assert not torch.equal(fixed, gdata.binarize(grey))  # a fresh draw differs

@@ -15,7 +15,7 @@ import torch
 
 from genlab import MODELS, load_run
 from genlab.cli import main
-from genlab.data import cache_dir
+from genlab.data import cache_dir, fixed_binarization
 from genlab.errors import GenlabError, RunFolderError
 from genlab.evaluate import (
     EVAL_FILE,
@@ -354,3 +354,18 @@ def test_genlab_eval_table_and_errors(tiny_runs, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["eval", str(tiny_runs["gan"]), "--n-samples", "1", "--no-save"]) == 2
     assert "n_samples" in capsys.readouterr().err
+
+
+def test_a_binarized_run_is_scored_on_the_fixed_binary_test_digits(tmp_path, tiny_bundle):
+    from conftest import tiny_train_config
+    from genlab import fit
+
+    cfg = tiny_train_config("vae", binarize=True)
+    run = load_run(fit(cfg, None, tmp_path / "vb", data=tiny_bundle, progress=False, log=lambda _: None), device="cpu")
+    results = evaluate_run(run, data=tiny_bundle, seed=0, **SMALL)
+    x, _ = tiny_bundle.tensors("test")
+    binary = fixed_binarization(x)
+    with torch.no_grad():
+        mse, bce = reconstruction_errors(run.model.reconstruct(binary), binary)
+    assert results["metrics"]["recon_bce_per_image"] == pytest.approx(float(bce.mean()), rel=1e-5)
+    assert "--binarize" in results["notes"][0] and any("86.76" in note for note in results["notes"])

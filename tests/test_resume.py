@@ -82,11 +82,12 @@ _references: dict[str, Path] = {}
 def reference(tmp_path_factory, tiny_bundle):
     """The uninterrupted run of a model (on the session's tiny data), trained once per session."""
 
-    def get(name: str) -> Path:
-        if name not in _references:
+    def get(name: str, **overrides) -> Path:
+        key = f"{name}{sorted(overrides.items())}"
+        if key not in _references:
             run_dir = tmp_path_factory.mktemp(f"reference-{name}") / name
-            _references[name] = fit(train_config(name), small_model(name), run_dir, data=tiny_bundle, **QUIET)
-        return _references[name]
+            _references[key] = fit(train_config(name, **overrides), small_model(name), run_dir, data=tiny_bundle, **QUIET)
+        return _references[key]
 
     return get
 
@@ -105,11 +106,13 @@ def reference(tmp_path_factory, tiny_bundle):
         ("vae", 3, [5, 9]),  # stopped twice, each time mid-epoch
         ("gan", 0, [10]),
         ("gan", 4, [10, 1]),  # GAN: two optimizers, the noise RNG and the shuffle RNG restored
+        ("vae+binarize", 3, [5]),  # each step's binarisation draw continues where it stopped
     ],
 )
 def test_stopped_and_resumed_run_is_bitwise_identical(name, checkpoint_every, stops, tmp_path, tiny_bundle, reference):
+    name, _, option = name.partition("+")
     run_dir = tmp_path / name
-    cfg = dict(checkpoint_every=checkpoint_every)
+    cfg = dict(checkpoint_every=checkpoint_every, **({option: True} if option else {}))
     fit(train_config(name, **cfg), small_model(name), run_dir, data=tiny_bundle, stop_after_steps=stops[0], **QUIET)
     assert not (run_dir / WEIGHTS_FILE).exists()  # it really stopped before the end
     for k in stops[1:]:
@@ -119,7 +122,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical(name, checkpoint_every, st
     fit(train_config(name, **cfg), None, run_dir, resume=True, data=tiny_bundle, progress=False, log=lines.append)
     assert any("resuming" in line for line in lines)
 
-    ref = reference(name)
+    ref = reference(name, **({option: True} if option else {}))
     assert_same_weights(run_dir, ref)
     # the metrics log is the uninterrupted run's, value for value
     assert without_timing(assert_complete_log(run_dir)) == without_timing(read_metrics(ref))

@@ -111,6 +111,51 @@ def test_training_lowers_the_autoencoders_loss(tmp_path, small_bundle):
     assert rows[-1]["test"]["mse"] < rows[0]["test"]["mse"]
 
 
+def test_epoch_test_figures_score_the_first_n_test_images(tmp_path, small_bundle):
+    """--epoch-eval-images N: the loss curves' test points are the losses of the first N test
+    digits (checked against evaluate_split on them); 0 scores the whole split."""
+    rows = {}
+    for n in (5, 0):
+        run_dir = fit(tiny_train_config("ae", epoch_eval_images=n), None, tmp_path / f"n{n}", data=small_bundle, **QUIET)
+        rows[n] = read_metrics(run_dir)[0]["test"]
+        x, y = small_bundle.tensors("test", torch.device("cpu"))
+        keep = n or len(x)
+        expected = train_module.evaluate_split(load_run(run_dir).model, x[:keep], y[:keep], 256, 0)
+        assert rows[n] == pytest.approx(expected, rel=1e-6)
+    assert rows[5]["mse"] != rows[0]["mse"]
+
+
+def test_binarize_feeds_fresh_binary_digits_each_step(tmp_path, small_bundle, monkeypatch):
+    """--binarize: every step's batch is binary, and a new draw (the same digit differs between
+    epochs); without it the grey pixels go in unchanged."""
+    seen = {True: [], False: []}
+    original = train_module.build_model
+
+    def recording(cfg, model_cfg):
+        model = original(cfg, model_cfg)
+        loss = model.loss
+        def recording_loss(x, y, phase, cache):
+            if model.training:  # the training steps, not the per-epoch test evaluation
+                seen[cfg.binarize].append(x.clone())
+            return loss(x, y, phase, cache)
+
+        model.loss = recording_loss
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", recording)
+    for flag in (True, False):
+        cfg = tiny_train_config("vae", epochs=2, batch_size=len(small_bundle.train_images), binarize=flag)
+        fit(cfg, None, tmp_path / f"b{flag}", data=small_bundle, **QUIET)
+    binary, grey = seen[True], seen[False]  # the same seed: the same digits in the same order
+    assert len(binary) == 2 and all(set(x.unique().tolist()) <= {0.0, 1.0} for x in binary)
+    assert len(set(grey[0].unique().tolist())) > 2
+    for b, g in zip(binary, grey):  # black pixels stay 0, white ones 1
+        assert b[g == 0].sum() == 0 and b[g == 1].min() == 1
+    # where each digit of epoch 2 was in epoch 1: its binary draw is a new one
+    where = (grey[1].flatten(1)[:, None] == grey[0].flatten(1)[None]).all(-1).float().argmax(1)
+    assert torch.equal(grey[1], grey[0][where]) and not torch.equal(binary[1], binary[0][where])
+
+
 def test_load_run_sample_is_reproducible(tmp_path, small_bundle):
     run = load_run(fit(tiny_train_config("vae"), None, tmp_path / "vae", data=small_bundle, **QUIET))
     a, b, c = run.sample(6, seed=1), run.sample(6, seed=1), run.sample(6, seed=2)

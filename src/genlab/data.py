@@ -37,6 +37,7 @@ NUM_CLASSES = 10
 _IDX_UBYTE = 0x08
 HOLDOUT_FRACTION = 0.10
 HOLDOUT_SEED = 20240101  # fixed, so every run of every model sees the same held-out digits
+BINARIZE_SEED = 2015  # fixed, so every binarised run is scored on the same binary test digits
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,20 @@ class DataBundle:
         x = torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255.0)
         y = torch.from_numpy(labels.astype(np.int64)).to(device)
         return x, y
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stochastic binarisation: each pixel becomes 1 with probability its grey level, the
+    convention of the binarised-MNIST likelihood papers (Salakhutdinov & Murray 2008,
+    Burda et al. 2015, https://arxiv.org/abs/1509.00519). Training draws a fresh binarisation
+    per batch (global RNG); evaluation uses `fixed_binarization`."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def fixed_binarization(x: torch.Tensor) -> torch.Tensor:
+    """The one binarisation of an evaluation split that every run shares (BINARIZE_SEED)."""
+    generator = torch.Generator().manual_seed(BINARIZE_SEED)
+    return binarize(x.cpu(), generator).to(x.device)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int = HOLDOUT_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
 from .config import ModelConfig, TrainConfig
-from .data import DataBundle, load_dataset
+from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .models import GenerativeModel, get_model_class
@@ -287,6 +287,10 @@ def fit(
         _check_same_data(run_dir, saved_info, data)
     x_train, y_train = data.tensors("train", device)
     x_test, y_test = data.tensors("test", device)
+    if cfg.binarize:  # the same binary test digits as `genlab eval` scores
+        x_test = fixed_binarization(x_test)
+    if cfg.epoch_eval_images:  # the per-epoch loss curves' subset; see TrainConfig
+        x_test, y_test = x_test[: cfg.epoch_eval_images], y_test[: cfg.epoch_eval_images]
     n_train = len(x_train)
     if cfg.batch_size > n_train:
         raise GenlabError(f"batch size {cfg.batch_size} is larger than the {n_train} training images")
@@ -344,6 +348,8 @@ def fit(
             for batch_index in range(state.step_in_epoch, n_batches):
                 batch = slice(batch_index * cfg.batch_size, (batch_index + 1) * cfg.batch_size)
                 xb, yb = x_epoch[batch], y_epoch[batch]
+                if cfg.binarize:  # a fresh draw per step (dynamic binarisation): the global RNG, checkpointed
+                    xb = binarize(xb)
                 cache: dict = {}
                 for phase in model.phases:
                     if len(model.phases) > 1:  # no gradients for the other players' weights
