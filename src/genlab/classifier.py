@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_fraction
 from .data import DataBundle, load_dataset, stratified_split
 from .errors import GenlabError, RunFolderError
 from .runs import load_state_into, load_tensors, save_tensors
@@ -157,8 +158,7 @@ class ClassifierConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise GenlabError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
-        if not 0 <= self.val_fraction < 0.5:
-            raise GenlabError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        check_fraction("val_fraction", self.val_fraction, 0.5)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise GenlabError(f"learning rate must be a positive finite number, got {self.lr}")
 

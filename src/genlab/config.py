@@ -22,6 +22,12 @@ def check_widths(name: str, widths: tuple[int, ...]) -> None:
         raise GenlabError(f"{name} must be positive widths, got {widths}")
 
 
+def check_fraction(name: str, value: float, upper: float) -> None:
+    """A rate or probability of a config (dropout, label smoothing): in [0, upper)."""
+    if not 0 <= value < upper:
+        raise GenlabError(f"{name} must be in [0, {upper:g}), got {value}")
+
+
 @dataclass
 class ModelConfig:
     """Fields every model has; each model family subclasses this with its own fields."""

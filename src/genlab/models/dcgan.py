@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_fraction
 from ..data import NUM_CLASSES
 from ..errors import GenlabError
 from . import register
@@ -53,12 +53,10 @@ class DCGANConfig(ModelConfig):
         for name in ("channels", "g_channels"):
             if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 1:
                 raise GenlabError(f"{name} must be two positive counts, got {tuple(getattr(self, name))}")
-        if not 0 <= self.d_dropout < 1:
-            raise GenlabError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
+        check_fraction("d_dropout", self.d_dropout, 1)
         if self.d_norm not in ("batch", "layer", "none"):
             raise GenlabError(f"d_norm must be 'batch', 'layer' or 'none', got '{self.d_norm}'")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise GenlabError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check_fraction("label_smoothing", self.label_smoothing, 0.5)
         if not 0 <= self.translate < 14:
             raise GenlabError(f"translate must be 0 to 13 pixels, got {self.translate}")
 

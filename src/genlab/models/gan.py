@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, check_widths
-from ..errors import GenlabError
+from ..config import ModelConfig, check_fraction, check_widths
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import IMAGE_PIXELS, Flatten, Unflatten
@@ -39,10 +38,8 @@ class GANConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         check_widths("hidden_dims", self.hidden_dims)
-        if not 0 <= self.dropout < 1:
-            raise GenlabError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise GenlabError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check_fraction("dropout", self.dropout, 1)
+        check_fraction("label_smoothing", self.label_smoothing, 0.5)
 
 
 @register("gan")
