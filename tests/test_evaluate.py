@@ -369,3 +369,13 @@ def test_a_binarized_run_is_scored_on_the_fixed_binary_test_digits(tmp_path, tin
         mse, bce = reconstruction_errors(run.model.reconstruct(binary), binary)
     assert results["metrics"]["recon_bce_per_image"] == pytest.approx(float(bce.mean()), rel=1e-5)
     assert "--binarize" in results["notes"][0] and any("86.76" in note for note in results["notes"])
+
+
+def test_evaluating_on_other_data_than_training_warns(tiny_runs, tiny_bundle):
+    from genlab.data import DataBundle
+
+    run = load_run(tiny_runs["ae"], device="cpu")
+    assert not any("other data" in w for w in evaluate_run(run, data=tiny_bundle, seed=0, **SMALL)["warnings"])
+    fewer = DataBundle(**{**tiny_bundle.__dict__, "test_images": tiny_bundle.test_images[:50], "test_labels": tiny_bundle.test_labels[:50]})
+    warnings = evaluate_run(run, data=fewer, seed=0, **SMALL)["warnings"]
+    assert any("other data" in w and "--data" in w for w in warnings)

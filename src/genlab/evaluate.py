@@ -401,6 +401,12 @@ def evaluate_run(
         ),
     ]
     warnings: list[str] = []
+    trained_on = run.info.get("data") if isinstance(run.info.get("data"), dict) else {}
+    if trained_on.get("sha256") and trained_on["sha256"] != data.sha256:
+        warnings.append(
+            f"scored on other data ({data.source}) than the run was trained with ({trained_on.get('source', '?')}): "
+            "pass the training --data DIR (or GENLAB_DATA) to compare with its loss curves"
+        )
     seconds: dict[str, float] = {}
     classifier_info: dict = {}
     is_autoencoder = hasattr(model, "reconstruct") and hasattr(model, "encode")
