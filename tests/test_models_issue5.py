@@ -97,6 +97,37 @@ def test_new_options_reach_the_command_line():
 
 
 # --------------------------------------------------------------------------------------------
+# Denoising AE: noisy input in training, clean target, clean input in evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def test_denoising_ae_corrupts_only_the_training_input():
+    model = AE(AEConfig(hidden_dims=(16,), input_noise=0.5))
+    seen = _input_recorder(model.encoder)
+    x, y = _batch()
+    torch.manual_seed(0)
+    loss = model.train().loss(x, y, "model", {}).loss
+    noise = seen[-1] - x
+    assert 0.45 < float(noise.std()) < 0.55 and abs(float(noise.mean())) < 0.02  # σ = 0.5 on 15,680 pixels
+    torch.manual_seed(0)  # the same ε by hand: the loss scores the reconstruction of x + σ·ε against the clean x
+    expected = F.mse_loss(torch.sigmoid(model.decoder(model.encoder(x + 0.5 * torch.randn_like(x)))), x)
+    assert torch.allclose(loss, expected)
+    model.eval().loss(x, y, "model", {})
+    assert torch.equal(seen[-1], x)  # evaluation (and so every metric and figure) sees the clean digits
+    plain = AE(AEConfig(hidden_dims=(16,), input_noise=0.0)).train()
+    seen_plain = _input_recorder(plain.encoder)
+    plain.loss(x, y, "model", {})
+    assert torch.equal(seen_plain[-1], x)
+
+
+def test_input_noise_is_validated_and_reaches_the_command_line():
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(GenlabError, match="input_noise"):
+            AEConfig(input_noise=bad).validate()
+    assert build_parser().parse_args(["train", "ae", "--input-noise", "0"]).input_noise == 0.0
+
+
+# --------------------------------------------------------------------------------------------
 # β-VAE: the KL per latent dimension
 # --------------------------------------------------------------------------------------------
 
