@@ -8,6 +8,7 @@ never stopped, and a metrics log with every epoch exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -500,10 +501,10 @@ def test_config_records_versions_device_data_and_the_resolved_config(tmp_path, t
     assert str(tiny_data_dir) in info["data"]["source"]
     assert (info["data"]["n_train"], info["data"]["n_test"]) == (len(bundle.train_images), len(bundle.test_images))
     # fully resolved: every field present, the family defaults filled in (no None left)
-    assert set(info["train"]) == set(TrainConfig.__dataclass_fields__)
+    assert set(info["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert info["train"]["lr"] == MODELS["vae"].default_lr and info["train"]["epochs"] == 1
     assert info["train"]["data_dir"] == str(tiny_data_dir)
-    assert set(info["model"]) == set(MODELS["vae"].config_class.__dataclass_fields__)
+    assert set(info["model"]) == {f.name for f in dataclasses.fields(MODELS["vae"].config_class)}
     # and the record is enough to rebuild the run
     assert load_run(run_dir).model_config == MODELS["vae"].config_class()
 

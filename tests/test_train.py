@@ -198,3 +198,19 @@ def test_resume_without_new_epochs_keeps_a_finished_run(tmp_path, small_bundle):
     fit(tiny_train_config("ae", epochs=None), None, run_dir, resume=True, data=small_bundle, **QUIET)
     assert read_metrics(run_dir) == rows
     assert (run_dir / WEIGHTS_FILE).read_bytes() == weights
+
+
+def test_a_run_saved_before_a_new_option_keeps_training_as_it_did(tmp_path, small_bundle):
+    """config.json of an older genlab lacks fields added since: they read as the behaviour the
+    run had (no input noise, test curves on the whole split), not as today's defaults."""
+    from genlab.runs import read_config
+
+    run_dir = fit(tiny_train_config("ae"), None, tmp_path / "ae", data=small_bundle, **QUIET)
+    path = run_dir / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved["model"]["input_noise"] == 0.5 and saved["train"]["epoch_eval_images"] == 2000
+    del saved["model"]["input_noise"], saved["train"]["epoch_eval_images"]
+    path.write_text(json.dumps(saved))
+    train_cfg, model_cfg, _ = read_config(run_dir)
+    assert model_cfg.input_noise == 0.0 and train_cfg.epoch_eval_images == 0
+    assert MODELS["ae"].config_class().input_noise == 0.5  # a new run still gets the default

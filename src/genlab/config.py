@@ -32,6 +32,11 @@ def check_fraction(name: str, value: float, upper: float) -> None:
 class ModelConfig:
     """Fields every model has; each model family subclasses this with its own fields."""
 
+    # Fields added after runs were saved without them, with the value that reproduces how those
+    # runs trained (a new default can differ: the AE's input noise is 0.5 now, 0 before it).
+    # Used when a saved config.json is read, so resuming an old run does not change its training.
+    ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {}
+
     latent_dim: int = 2  # size of the code z; 2 lets us draw the latent space directly
 
     def validate(self) -> None:
@@ -42,6 +47,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """The training loop's knobs. None means: the model family's own default."""
+
+    ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {"epoch_eval_images": 0}  # see ModelConfig's
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
     epochs: int | None = None  # passes over the training split
@@ -81,10 +88,14 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls, data: dict, where: str = "config"):
-    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type."""
+def from_dict(cls, data: dict, where: str = "config", saved: bool = False):
+    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type.
+    `saved`: `data` comes from a run folder, where a field it lacks takes the value the run
+    trained with (`ABSENT_IN_OLDER_RUNS`), not today's default."""
     if not isinstance(data, dict):
         raise GenlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if saved:
+        data = {**getattr(cls, "ABSENT_IN_OLDER_RUNS", {}), **data}
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -83,9 +83,9 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
     if raw.get("format_version") != FORMAT_VERSION:
         raise RunFolderError(f"{path}: run folder format {raw.get('format_version')!r}, this genlab reads {FORMAT_VERSION}")
     try:
-        train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train")
+        train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train", saved=True)
         model_cls = get_model_class(train_config.model)
-        model_config = from_dict(model_cls.config_class, raw["model"], where=f"{path}: model")
+        model_config = from_dict(model_cls.config_class, raw["model"], where=f"{path}: model", saved=True)
     except RunFolderError:
         raise
     except Exception as e:  # GenlabError from validation: re-raised as a run-folder problem

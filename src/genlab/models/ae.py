@@ -32,6 +32,8 @@ class AEConfig(ModelConfig):
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
     channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
+    ABSENT_IN_OLDER_RUNS = {"input_noise": 0.0}  # runs saved before the option trained without noise
+
     # 0.5 measured best of 0, 0.3, 0.5, 0.7 for the 2-D codes' 5-NN accuracy (validation split).
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
 
