@@ -39,7 +39,8 @@ class Unflatten(nn.Module):
 # --- convolutional builders for 28×28 images (AE, VAE, CVAE, AAE, DCGAN, WGAN-GP, CGAN) -------
 # Two stride-2 convolutions take 28×28 to 7×7 and two stride-2 transposed convolutions take 7×7
 # back to 28×28 (kernel 4, padding 1: an even overlap, so fewer checkerboard artefacts than
-# kernel 3; Radford et al. 2016, https://arxiv.org/abs/1511.06434). Channel counts are small
+# kernel 3; Radford et al. 2016, https://arxiv.org/abs/1511.06434) for the GANs; the autoencoders
+# use `AE_KERNEL` (measured below). Channel counts are small
 # on purpose: these run on a 2-core CPU in the lab budget.
 
 FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
