@@ -214,3 +214,31 @@ def test_a_run_saved_before_a_new_option_keeps_training_as_it_did(tmp_path, smal
     train_cfg, model_cfg, _ = read_config(run_dir)
     assert model_cfg.input_noise == 0.0 and train_cfg.epoch_eval_images == 0
     assert MODELS["ae"].config_class().input_noise == 0.5  # a new run still gets the default
+
+
+def test_training_defaults_follow_the_model_config():
+    """Unset epochs/lr/batch size come from the family, and the conv VAE has its own; what the
+    user sets always wins."""
+    from genlab import TrainConfig
+    from genlab.train import resolve_configs
+
+    vae = MODELS["vae"]
+    mlp, _ = resolve_configs(TrainConfig(model="vae"), vae.config_class())
+    assert (mlp.lr, mlp.batch_size, mlp.epochs) == (vae.default_lr, vae.default_batch_size, vae.default_epochs)
+    conv, _ = resolve_configs(TrainConfig(model="vae"), vae.config_class(arch="conv"))
+    assert (conv.lr, conv.batch_size) == (2e-3, 64) and conv.epochs == vae.default_epochs
+    mine, _ = resolve_configs(TrainConfig(model="vae", lr=5e-4, batch_size=16), vae.config_class(arch="conv"))
+    assert (mine.lr, mine.batch_size) == (5e-4, 16)
+
+
+def test_a_conv_run_saved_before_the_kernel_option_loads_with_kernel_4(tmp_path, small_bundle):
+    from genlab.runs import read_config
+
+    run_dir = fit(tiny_train_config("vae"), MODELS["vae"].config_class(arch="conv", kernel=4), tmp_path / "v", data=small_bundle, **QUIET)
+    path = run_dir / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    del saved["model"]["kernel"]
+    path.write_text(json.dumps(saved))
+    assert read_config(run_dir)[1].kernel == 4
+    run = load_run(run_dir)  # the kernel-4 weights fit the model built from the old config
+    assert run.model.encoder[0][0].kernel_size == (4, 4)

@@ -69,14 +69,11 @@ def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None 
     model_config = model_config if model_config is not None else model_cls.config_class()
     if not isinstance(model_config, model_cls.config_class):
         raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
-    if train_config.epochs is None:
-        train_config.epochs = model_cls.default_epochs
-    if train_config.lr is None:
-        train_config.lr = model_cls.default_lr
-    if train_config.batch_size is None:
-        train_config.batch_size = model_cls.default_batch_size
+    model_config.validate()  # the defaults below may read it
+    for name, value in model_cls.training_defaults(model_config).items():
+        if getattr(train_config, name) is None:
+            setattr(train_config, name, value)
     train_config.validate()
-    model_config.validate()
     return train_config, model_config
 
 

@@ -26,16 +26,19 @@ from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import check_arch, encoder_decoder, mlp
+from .blocks import AE_KERNEL, check_arch, encoder_decoder, mlp
 from .vae import reconstruction_loss
 
 
 @dataclass
 class AAEConfig(ModelConfig):
+    ABSENT_IN_OLDER_RUNS = {"kernel": 4}  # runs saved before the option used kernel-4 convolutions
+
     latent_dim: int = 2  # 2-D: the codes can be drawn and compared with the Gaussian prior directly
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" or "conv", as for the AE (mlp: better codes per CPU second at 2-D, measured)
     channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
+    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
     disc_dims: tuple[int, ...] = (128, 128)  # hidden widths of the latent-space discriminator
     adv_weight: float = 1.0  # weight of the encoder's adversarial loss beside the reconstruction (nats per image)
     recon_loss: str = "bce"  # "bce" (Bernoulli, nats per image) or "mse" (summed over pixels)
@@ -43,7 +46,7 @@ class AAEConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         check_widths("hidden_dims", self.hidden_dims)
-        check_arch(self.arch, self.channels)
+        check_arch(self)
         check_widths("disc_dims", self.disc_dims)
         if not self.adv_weight >= 0:
             raise GenlabError(f"adv_weight must be 0 or more, got {self.adv_weight}")
@@ -60,7 +63,7 @@ class AAE(GenerativeModel):
     def __init__(self, config: AAEConfig):
         super().__init__(config)
         d = config.latent_dim
-        self.encoder, self.decoder = encoder_decoder(config.arch, d, d, config.hidden_dims, config.channels)
+        self.encoder, self.decoder = encoder_decoder(config, d, d)
         # (B, D) code -> (B, 1) logit: "drawn from the prior" vs "made by the encoder"
         self.discriminator = mlp([d, *config.disc_dims, 1], nn.LeakyReLU, negative_slope=0.2)
 

@@ -23,24 +23,26 @@ from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import check_arch, encoder_decoder
+from .blocks import AE_KERNEL, check_arch, encoder_decoder
 
 
 @dataclass
 class AEConfig(ModelConfig):
+    # runs saved before these options trained without input noise, with kernel-4 convolutions
+    ABSENT_IN_OLDER_RUNS = {"input_noise": 0.0, "kernel": 4}
+
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
     channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
-    ABSENT_IN_OLDER_RUNS = {"input_noise": 0.0}  # runs saved before the option trained without noise
-
+    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
     # 0.5 measured best of 0, 0.3, 0.5, 0.7 for the 2-D codes' 5-NN accuracy (validation split).
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
 
     def validate(self) -> None:
         super().validate()
         check_widths("hidden_dims", self.hidden_dims)
-        check_arch(self.arch, self.channels)
+        check_arch(self)
         if not (math.isfinite(self.input_noise) and self.input_noise >= 0):
             raise GenlabError(f"input_noise must be 0 (off) or a positive number, got {self.input_noise}")
 
@@ -57,9 +59,7 @@ class AE(GenerativeModel):
 
     def __init__(self, config: AEConfig):
         super().__init__(config)
-        self.encoder, self.decoder = encoder_decoder(
-            config.arch, config.latent_dim, config.latent_dim, config.hidden_dims, config.channels
-        )
+        self.encoder, self.decoder = encoder_decoder(config, config.latent_dim, config.latent_dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) -> (B, latent_dim)."""

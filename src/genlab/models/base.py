@@ -42,6 +42,12 @@ class GenerativeModel(nn.Module):
         config.validate()
         self.config = config
 
+    @classmethod
+    def training_defaults(cls, config: ModelConfig) -> dict:
+        """Epochs, lr and batch size for a run that leaves them unset; a family whose best
+        settings depend on its config (the VAE's `arch`) overrides this."""
+        return {"epochs": cls.default_epochs, "lr": cls.default_lr, "batch_size": cls.default_batch_size}
+
     # --- training -------------------------------------------------------------------------
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         """Parameters the optimizer of `phase` updates. One phase: all of them."""

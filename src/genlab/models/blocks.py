@@ -124,22 +124,23 @@ def conv_decoder(
     )
 
 
-def encoder_decoder(arch: str, code_dim: int, latent_dim: int, hidden_dims, channels) -> tuple[nn.Module, nn.Module]:
-    """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder.
+def encoder_decoder(config, code_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
+    """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder whose
+    config has the fields `arch`, `hidden_dims`, `channels` and `kernel`.
 
     arch "mlp": fully connected with `hidden_dims` (decoder mirrored); "conv": `conv_encoder` /
-    `conv_decoder` with `channels`, kernel `AE_KERNEL` and one fully connected layer of the last (narrowest) width
+    `conv_decoder` with `channels`, `kernel` and one fully connected layer of the last (narrowest) width
     of `hidden_dims` between the conv features and the code (measured: a direct linear map from
     a small code to the feature maps learns slowly, two layers cost more than they bring).
     AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each.
     """
-    if arch == "conv":
-        hidden = tuple(hidden_dims)[-1:]
+    if config.arch == "conv":
+        hidden, channels = tuple(config.hidden_dims)[-1:], tuple(config.channels)
         return (
-            conv_encoder(code_dim, tuple(channels), hidden=hidden, kernel=AE_KERNEL),
-            conv_decoder(latent_dim, tuple(channels), hidden=hidden, kernel=AE_KERNEL),
+            conv_encoder(code_dim, channels, hidden=hidden, kernel=config.kernel),
+            conv_decoder(latent_dim, channels, hidden=hidden, kernel=config.kernel),
         )
-    hidden = list(hidden_dims)
+    hidden = list(config.hidden_dims)
     encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))
     decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
     return encoder, decoder
@@ -148,12 +149,14 @@ def encoder_decoder(arch: str, code_dim: int, latent_dim: int, hidden_dims, chan
 ARCHS = ("mlp", "conv")
 
 
-def check_arch(arch: str, channels) -> None:
-    """Validation shared by the configs that have `arch` and `channels` fields."""
-    if arch not in ARCHS:
-        raise GenlabError(f"arch must be 'mlp' or 'conv', got '{arch}'")
-    if len(channels) != 2 or min(channels) < 1:
-        raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(channels)}")
+def check_arch(config) -> None:
+    """Validation shared by the configs that have `arch`, `channels` and `kernel` fields."""
+    if config.arch not in ARCHS:
+        raise GenlabError(f"arch must be 'mlp' or 'conv', got '{config.arch}'")
+    if len(config.channels) != 2 or min(config.channels) < 1:
+        raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(config.channels)}")
+    if config.kernel not in (3, 4, 5):
+        raise GenlabError(f"kernel must be 3, 4 or 5 (conv kernel size), got {config.kernel}")
 
 
 def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:

@@ -60,7 +60,7 @@ class CVAE(VAE):
         d = config.latent_dim
         # Encoder: image -> (μ, log σ², digit logits) side by side, (B, 2·D + 10);
         # decoder: [z, onehot(y)] (B, D + 10) -> pixel logits.
-        self.encoder, self.decoder = encoder_decoder(config.arch, 2 * d + NUM_CLASSES, d + NUM_CLASSES, config.hidden_dims, config.channels)
+        self.encoder, self.decoder = encoder_decoder(config, 2 * d + NUM_CLASSES, d + NUM_CLASSES)
 
     def _encoder_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 1, 28, 28) -> μ (B, D), log σ² (B, D), digit logits (B, 10)."""
