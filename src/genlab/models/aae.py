@@ -25,8 +25,9 @@ from torch import nn
 from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
-from .base import GenerativeModel, LossOutput
-from .blocks import AE_KERNEL, check_arch, encoder_decoder, mlp
+from .ae import AE
+from .base import LossOutput
+from .blocks import AE_KERNEL, check_arch, mlp
 from .vae import reconstruction_loss
 
 
@@ -55,15 +56,18 @@ class AAEConfig(ModelConfig):
 
 
 @register("aae")
-class AAE(GenerativeModel):
+class AAE(AE):
+    """The AE's encoder and decoder (and its encode / decode / reconstruct), plus a latent-space
+    discriminator and a prior to sample from."""
+
     config_class = AAEConfig
     phases = ("discriminator", "autoencoder")
     default_epochs = 30
+    default_batch_size = 128  # not the AE's 32: the AAE's defaults were measured at 128
 
     def __init__(self, config: AAEConfig):
-        super().__init__(config)
+        super().__init__(config)  # the AE's encoder and decoder, built from the same config fields
         d = config.latent_dim
-        self.encoder, self.decoder = encoder_decoder(config, d, d)
         # (B, D) code -> (B, 1) logit: "drawn from the prior" vs "made by the encoder"
         self.discriminator = mlp([d, *config.disc_dims, 1], nn.LeakyReLU, negative_slope=0.2)
 
@@ -71,17 +75,6 @@ class AAE(GenerativeModel):
         if phase == "discriminator":
             return list(self.discriminator.parameters())
         return [*self.encoder.parameters(), *self.decoder.parameters()]
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) -> (B, latent_dim): a deterministic code."""
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent_dim) -> (B, 1, 28, 28) in [0, 1]."""
-        return torch.sigmoid(self.decoder(z))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
     def sample(self, n, generator=None, labels=None) -> torch.Tensor:
         """Decode draws from the prior N(0, I) the codes were matched to."""
