@@ -430,3 +430,12 @@ def test_cli_sample_digit(name, tiny_runs, tmp_path, capsys):
     np.testing.assert_allclose(images, expected, atol=1e-6)
     other = load_run(tiny_runs[name]).sample(6, seed=0, labels=[1] * 6).squeeze(1).numpy()
     assert not np.allclose(images, other)
+
+
+@pytest.mark.parametrize("kernel", [3, 4, 5])
+def test_conv_autoencoder_kernels_keep_28_by_28(kernel):
+    model = VAE(VAEConfig(arch="conv", latent_dim=4, kernel=kernel))
+    x = torch.rand(3, 1, 28, 28)
+    mu, logvar = model.encode_distribution(x)
+    assert mu.shape == (3, 4) and model.decode(mu).shape == (3, 1, 28, 28)
+    assert model.encoder[0][0].kernel_size == (kernel, kernel)

@@ -44,7 +44,8 @@ class Unflatten(nn.Module):
 # on purpose: these run on a 2-core CPU in the lab budget.
 
 FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
-# Kernel of the AE/VAE/CVAE/AAE convolutions (`encoder_decoder`; the GANs keep 4). Measured
+# Default kernel of the AE/VAE/CVAE/AAE convolutions (their `kernel` config field, read by
+# `encoder_decoder`; runs saved before the field used 4, as the GANs still do). Measured
 # (16-D bce VAE, 1 thread, 4.5k/500 validation split, benchmarks/README.md section 3): kernel 3
 # runs 1.3× more images per CPU second than 4 and, at the same CPU time, gives better samples
 # (FID 144 vs 152 at 65 CPU-s) for a slightly lower likelihood (−102.5 vs −101.8 nats).
