@@ -162,6 +162,16 @@ def test_lab_writes_a_report_that_shows_every_figure(tmp_path, data_dir):
     assert "Reconstruction-based vs adversarial" in page
 
 
+def test_report_says_when_the_loss_curves_scored_a_subset_of_the_test_digits(tmp_path, data_dir):
+    for model, n in (("ae", 50), ("vae", 0)):
+        code, _, err = cli("train", model, *TINY_CLI_OPTIONS, "--data", data_dir, "--epoch-eval-images", n, "--no-figures", "--out", tmp_path / model)
+        assert code == 0, err
+    code, _, err = cli("report", tmp_path)
+    assert code == 0, err
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count(f"(first 50 of {N_TEST} test digits)") == 1  # the ae's; the vae scored all
+
+
 def test_lab_refuses_an_unknown_model_before_training(tmp_path):
     code, _, err = cli("lab", "--models", "ae,nope", "--out", tmp_path / "lab")
     assert_one_line_error(code, err, "unknown model 'nope'")

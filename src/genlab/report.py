@@ -100,6 +100,9 @@ def _summary_table(runs: list[dict]) -> str:
         last = r["metrics"][-1] if r["metrics"] else {}
         seconds = sum(m.get("seconds", 0) for m in r["metrics"])
         losses = ", ".join(f"{k} {_fmt(v)}" for k, v in last.get("test", {}).items())
+        scored, n_test = r["train"].epoch_eval_images, r["info"].get("data", {}).get("n_test", 0)
+        if losses and 0 < scored < n_test:  # the loss curves' subset, not the whole split
+            losses += f" (first {scored} of {n_test} test digits)"
         rows.append(
             f"<tr><td>{r['name']}</td><td>{r['family']}</td><td>{r['info'].get('parameters', '')}</td>"
             f"<td>{r['model'].latent_dim}</td><td>{len(r['metrics'])}</td><td>{seconds:.1f}</td><td>{html.escape(losses)}</td></tr>"
