@@ -22,32 +22,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, check_widths
+from ..config import check_widths
 from ..errors import GenlabError
 from . import register
 from .ae import AE
 from .base import LossOutput
-from .blocks import AE_KERNEL, check_arch, mlp
+from .blocks import AutoencoderConfig, mlp
 from .vae import reconstruction_loss
 
 
 @dataclass
-class AAEConfig(ModelConfig):
-    ABSENT_IN_OLDER_RUNS = {"kernel": 4}  # runs saved before the option used kernel-4 convolutions
-
+class AAEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D: the codes can be drawn and compared with the Gaussian prior directly
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" or "conv", as for the AE (mlp: better codes per CPU second at 2-D, measured)
-    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
-    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
     disc_dims: tuple[int, ...] = (128, 128)  # hidden widths of the latent-space discriminator
     adv_weight: float = 1.0  # weight of the encoder's adversarial loss beside the reconstruction (nats per image)
     recon_loss: str = "bce"  # "bce" (Bernoulli, nats per image) or "mse" (summed over pixels)
 
     def validate(self) -> None:
         super().validate()
-        check_widths("hidden_dims", self.hidden_dims)
-        check_arch(self)
         check_widths("disc_dims", self.disc_dims)
         if not self.adv_weight >= 0:
             raise GenlabError(f"adv_weight must be 0 or more, got {self.adv_weight}")

@@ -19,30 +19,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import AE_KERNEL, check_arch, encoder_decoder
+from .blocks import AutoencoderConfig, encoder_decoder
 
 
 @dataclass
-class AEConfig(ModelConfig):
-    # runs saved before these options trained without input noise, with kernel-4 convolutions
-    ABSENT_IN_OLDER_RUNS = {"input_noise": 0.0, "kernel": 4}
+class AEConfig(AutoencoderConfig):
+    # runs saved before the option trained without input noise
+    ABSENT_IN_OLDER_RUNS = {**AutoencoderConfig.ABSENT_IN_OLDER_RUNS, "input_noise": 0.0}
 
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
-    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
-    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
-    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
     # 0.5 measured best of 0, 0.3, 0.5, 0.7 for the 2-D codes' 5-NN accuracy (validation split).
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
 
     def validate(self) -> None:
         super().validate()
-        check_widths("hidden_dims", self.hidden_dims)
-        check_arch(self)
         if not (math.isfinite(self.input_noise) and self.input_noise >= 0):
             raise GenlabError(f"input_noise must be 0 (off) or a positive number, got {self.input_noise}")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -125,9 +128,33 @@ def conv_decoder(
     )
 
 
-def encoder_decoder(config, code_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
-    """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder whose
-    config has the fields `arch`, `hidden_dims`, `channels` and `kernel`.
+ARCHS = ("mlp", "conv")
+
+
+@dataclass
+class AutoencoderConfig(ModelConfig):
+    """The network fields that AE, VAE, CVAE and AAE share (read by `encoder_decoder`)."""
+
+    ABSENT_IN_OLDER_RUNS = {"kernel": 4}  # runs saved before the option used kernel-4 convolutions
+
+    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
+    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
+    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
+    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
+
+    def validate(self) -> None:
+        super().validate()
+        check_widths("hidden_dims", self.hidden_dims)
+        if self.arch not in ARCHS:
+            raise GenlabError(f"arch must be 'mlp' or 'conv', got '{self.arch}'")
+        if len(self.channels) != 2 or min(self.channels) < 1:
+            raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(self.channels)}")
+        if self.kernel not in (3, 4, 5):
+            raise GenlabError(f"kernel must be 3, 4 or 5 (conv kernel size), got {self.kernel}")
+
+
+def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
+    """The encoder (image -> code_dim) and decoder (latent_dim -> logits) of an autoencoder.
 
     arch "mlp": fully connected with `hidden_dims` (decoder mirrored); "conv": `conv_encoder` /
     `conv_decoder` with `channels`, `kernel` and one fully connected layer of the last (narrowest) width
@@ -145,19 +172,6 @@ def encoder_decoder(config, code_dim: int, latent_dim: int) -> tuple[nn.Module, 
     encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))
     decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
     return encoder, decoder
-
-
-ARCHS = ("mlp", "conv")
-
-
-def check_arch(config) -> None:
-    """Validation shared by the configs that have `arch`, `channels` and `kernel` fields."""
-    if config.arch not in ARCHS:
-        raise GenlabError(f"arch must be 'mlp' or 'conv', got '{config.arch}'")
-    if len(config.channels) != 2 or min(config.channels) < 1:
-        raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(config.channels)}")
-    if config.kernel not in (3, 4, 5):
-        raise GenlabError(f"kernel must be 3, 4 or 5 (conv kernel size), got {config.kernel}")
 
 
 def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig, check_widths
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import AE_KERNEL, check_arch, encoder_decoder
+from .blocks import AutoencoderConfig, encoder_decoder
 
 # log σ² is clamped to this range: σ from e^-5 to e^5. Keeps exp() finite when the encoder
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
@@ -34,21 +33,13 @@ ACTIVE_KL = 0.1
 
 
 @dataclass
-class VAEConfig(ModelConfig):
-    ABSENT_IN_OLDER_RUNS = {"kernel": 4}  # runs saved before the option used kernel-4 convolutions
-
+class VAEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
-    hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
-    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
-    channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
-    kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: str = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
 
     def validate(self) -> None:
         super().validate()
-        check_widths("hidden_dims", self.hidden_dims)
-        check_arch(self)
         if not self.beta >= 0:
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
         if self.recon_loss not in ("mse", "bce"):
