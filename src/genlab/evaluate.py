@@ -374,7 +374,7 @@ def evaluate_run(
     {"model", "seed", "n_samples", "iw_samples", "metrics": {name: float}, "notes", "warnings",
     "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers."""
     from .classifier import default_path, load_classifier, provenance
-    from .runs import Run, load_run
+    from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
         run = load_run(run)
@@ -401,8 +401,8 @@ def evaluate_run(
         ),
     ]
     warnings: list[str] = []
-    trained_on = run.info.get("data") if isinstance(run.info.get("data"), dict) else {}
-    if trained_on.get("sha256") and trained_on["sha256"] != data.sha256:
+    trained_on = other_training_data(run.info, data)
+    if trained_on:
         warnings.append(
             f"scored on other data ({data.source}) than the run was trained with ({trained_on.get('source', '?')}): "
             "pass the training --data DIR (or GENLAB_DATA) to compare with its loss curves"

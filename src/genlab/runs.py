@@ -67,6 +67,14 @@ def write_config(run_dir: Path, train_config: TrainConfig, model_config: ModelCo
     )
 
 
+def other_training_data(info: dict, data) -> dict | None:
+    """The data summary a run's config.json records (its `info`), when its SHA-256 differs from
+    that of `data` (a DataBundle): the run was trained on other digits. None when it matches or
+    the run recorded none."""
+    saved = info.get("data") if isinstance(info.get("data"), dict) else {}
+    return saved if saved.get("sha256") and saved["sha256"] != data.sha256 else None
+
+
 def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
     """Load and validate config.json; returns (train config, model config, the whole JSON)."""
     path = run_dir / CONFIG_FILE

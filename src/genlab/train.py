@@ -48,6 +48,7 @@ from .runs import (
     build_model,
     load_state_into,
     load_tensors,
+    other_training_data,
     read_config,
     read_metrics,
     save_tensors,
@@ -201,8 +202,8 @@ def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch
 
 def _check_same_data(run_dir: Path, saved_info: dict, data: DataBundle) -> None:
     """A resumed run must see the data it started with, or it would not be the same run."""
-    saved = saved_info.get("data") if isinstance(saved_info.get("data"), dict) else {}
-    if saved.get("sha256") and saved["sha256"] != data.sha256:
+    saved = other_training_data(saved_info, data)
+    if saved:
         raise RunFolderError(
             f"{run_dir} was trained on other data ({saved.get('source', '?')}, sha256 {saved['sha256'][:12]}) than found now "
             f"({data.source}, sha256 {data.sha256[:12]}): resume with the same data (--data DIR or GENLAB_DATA)"
