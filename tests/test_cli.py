@@ -86,6 +86,27 @@ def test_sample_one_digit_from_a_conditional_model(name, trained, tmp_path):
     assert np.load(tmp_path / "3.npy").shape == (4, 28, 28)
 
 
+def test_sample_and_reconstruct_write_a_png_grid_of_the_same_images(trained, tmp_path):
+    from PIL import Image
+
+    run_dir = trained["vae"][0]
+    for command, extra, n in (("sample", ("-n", 10), 10), ("reconstruct", (), N_TEST)):
+        assert cli(command, run_dir, *extra, "-o", tmp_path / f"{command}.npy", "--device", "cpu")[0] == 0
+        code, out, err = cli(command, run_dir, *extra, "-o", tmp_path / f"{command}.png", "--device", "cpu")
+        assert code == 0, err
+        images = np.load(tmp_path / f"{command}.npy")
+        with Image.open(tmp_path / f"{command}.png") as png:
+            assert png.mode == "L"
+            grid = np.asarray(png).astype(np.float32)
+        cols = int(np.ceil(np.sqrt(n)))
+        rows = int(np.ceil(n / cols))
+        assert grid.shape == (rows * 30 + 2, cols * 30 + 2)  # 28-pixel digits, 2-pixel borders
+        for i in range(n):  # each cell is its image, dark on light, to within PNG's 8 bits
+            r, c = divmod(i, cols)
+            cell = grid[2 + 30 * r : 2 + 30 * r + 28, 2 + 30 * c : 2 + 30 * c + 28]
+            np.testing.assert_allclose(cell, (1 - images[i]) * 255, atol=0.51)
+
+
 def test_digit_needs_a_conditional_model(trained, tmp_path):
     code, _, err = cli("sample", trained["vae"][0], "-n", 4, "--digit", 3, "-o", tmp_path / "x.npy")
     assert_one_line_error(code, err, "not conditional")
@@ -233,6 +254,9 @@ def test_train_help_lists_the_model_options():
         (["train", "vae", "--epochs", "1", "--data", "no-such-folder"], "does not exist"),
         (["sample", "no-such-run", "-o", "x.npy"], "does not exist"),
         (["sample", "no-such-run"], "-o"),
+        (["sample", "no-such-run", "-o", "x.jpg"], "must end in .npy or .png"),
+        (["reconstruct", "no-such-run", "-o", "r.npz"], "must end in .npy or .png"),
+        (["encode", "no-such-run", "-o", "z.npy"], "must end in .npz"),
         (["encode", "no-such-run", "-o", "z.npz"], "does not exist"),
         (["plot"], "RUN_DIR"),
         (["lab", "--epochs", "0"], "epochs"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import io
 import re
 import sys
 import types
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .errors import GenlabError
 
 EXIT_USAGE = 2
+IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,19 +136,34 @@ def _over_test_set(run, fn, batch: int = 1000):
     return np.concatenate([fn(x[i : i + batch]).numpy() for i in range(0, len(x), batch)]), y
 
 
-def _save_array(path: str, save) -> None:
+def _output_file(path: str, suffixes: tuple[str, ...]) -> Path:
+    """-o checked before any work: a known file type in a folder that exists."""
     target = Path(path)
-    if target.parent and not target.parent.exists():
+    if target.suffix.lower() not in suffixes:
+        raise GenlabError(f"-o {path}: the file name must end in {' or '.join(suffixes)}")
+    if not target.parent.is_dir():
         raise GenlabError(f"cannot write {target}: folder {target.parent} does not exist")
-    try:
-        save(target)
-    except OSError as e:
-        raise GenlabError(f"cannot write {target}: {e.strerror}") from None
+    return target
+
+
+def _write_images(target: Path, images: np.ndarray) -> None:
+    """(N, 28, 28) float32 in [0, 1] -> .npy array, or .png grid to look at (digits dark on light)."""
+    from . import plots
+    from .utils import atomic_write_bytes
+
+    if target.suffix.lower() == ".png":
+        data = plots.grid_png(images)
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, images)
+        data = buffer.getvalue()
+    atomic_write_bytes(target, data)  # a failed write leaves no half file
 
 
 def cmd_sample(args) -> None:
     if args.n < 1:
         raise GenlabError(f"-n must be at least 1 image, got {args.n}")
+    target = _output_file(args.output, IMAGE_SUFFIXES)
     run = _open_run(args)
     if not run.model.can_sample:
         raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
@@ -158,27 +175,33 @@ def cmd_sample(args) -> None:
             raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
         labels = [args.digit] * args.n
     images = run.sample(args.n, seed=args.seed, labels=labels).squeeze(1).numpy().astype(np.float32)
-    _save_array(args.output, lambda p: np.save(p, images))
-    print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {args.output}")
+    _write_images(target, images)
+    print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {target}")
 
 
 def cmd_encode(args) -> None:
+    from .utils import atomic_write_bytes
+
+    target = _output_file(args.output, (".npz",))
     run = _open_run(args)
     if not hasattr(run.model, "encode"):
         raise GenlabError(f"model '{run.name}' has no encoder; encode needs an ae or vae run")
     z, y = _over_test_set(run, run.encode)
-    _save_array(args.output, lambda p: np.savez(p, z=z, y=y.numpy()))
-    print(f"wrote latents z {z.shape} and labels y ({len(y)}) to {args.output}")
+    buffer = io.BytesIO()
+    np.savez(buffer, z=z, y=y.numpy())
+    atomic_write_bytes(target, buffer.getvalue())
+    print(f"wrote latents z {z.shape} and labels y ({len(y)}) to {target}")
 
 
 def cmd_reconstruct(args) -> None:
+    target = _output_file(args.output, IMAGE_SUFFIXES)
     run = _open_run(args)
     if not hasattr(run.model, "reconstruct"):
         raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
     recon, _ = _over_test_set(run, run.reconstruct)
-    recon = recon.squeeze(1)
-    _save_array(args.output, lambda p: np.save(p, recon.astype(np.float32)))
-    print(f"wrote {len(recon)} reconstructions {recon.shape} to {args.output}")
+    recon = recon.squeeze(1).astype(np.float32)
+    _write_images(target, recon)
+    print(f"wrote {len(recon)} reconstructions {recon.shape} to {target}")
 
 
 def cmd_plot(args) -> None:
@@ -286,10 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
-    p = commands.add_parser("sample", help="generate images from a VAE or GAN run into a .npy file")
+    p = commands.add_parser("sample", help="generate images from a VAE or GAN run into a .npy array or a .png grid")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npy", help="float32 array (N, 28, 28) in [0, 1]")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.npy: float32 array (N, 28, 28) in [0, 1]; FILE.png: the images as one grid")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--digit", type=int, help="class to generate (conditional models)")
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
@@ -301,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_encode)
 
-    p = commands.add_parser("reconstruct", help="reconstructions of the test set into a .npy file (AE, VAE)")
+    p = commands.add_parser("reconstruct", help="reconstructions of the test set into a .npy array or a .png grid (AE, VAE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npy")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.npy: float32 array (N, 28, 28) in [0, 1]; FILE.png: one grid")
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_reconstruct)
 

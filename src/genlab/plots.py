@@ -8,6 +8,7 @@ can do: encode (reconstructions, latent space, interpolation), decode (manifold)
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from statistics import NormalDist
 
@@ -35,6 +36,19 @@ def tile(images, rows: int, cols: int, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return grid
+
+
+def grid_png(images) -> bytes:
+    """Images (N, 1, H, W) or (N, H, W) in [0, 1] -> PNG bytes of one near-square grid, one pixel
+    per pixel (no resampling), dark digits on a light ground like the figures."""
+    from PIL import Image
+
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    grid = tile(images, math.ceil(n / cols), cols)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round((1.0 - grid) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _save(fig, path: Path) -> Path:
