@@ -23,6 +23,12 @@ from .errors import GenlabError
 
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
+DEFAULT_COMPONENTS = 50  # genlab.prior.DEFAULT_COMPONENTS, repeated so --help does not import torch
+PRIOR_OPTION = dict(
+    choices=("normal", "gmm"),
+    default="normal",
+    help="normal: the model's N(0, I); gmm: the Gaussian mixture of genlab fit-prior (VAE; default: normal)",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +142,23 @@ def _over_test_set(run, fn, batch: int = 1000):
     return np.concatenate([fn(x[i : i + batch]).numpy() for i in range(0, len(x), batch)]), y
 
 
+def _require_unconditional_vae(run, what: str) -> None:
+    if not hasattr(run.model, "encode_distribution") or run.model.conditional:
+        raise GenlabError(f"{what} needs a vae run (model '{run.name}' has no posterior q(z|x) under an unconditional prior)")
+
+
+def _fitted_prior(run, choice: str):
+    """None for the model's own N(0, I); the run's fitted mixture for --prior gmm."""
+    if choice == "normal":
+        return None
+    from .prior import load_prior
+    from .utils import weights_sha256
+
+    _require_unconditional_vae(run, "--prior gmm")
+
+    return load_prior(run.path, run.model.config.latent_dim, weights_sha256(run.model))
+
+
 def _output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     """-o checked before any work: a known file type in a folder that exists."""
     target = Path(path)
@@ -174,7 +197,8 @@ def cmd_sample(args) -> None:
         if not 0 <= args.digit <= 9:
             raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
         labels = [args.digit] * args.n
-    images = run.sample(args.n, seed=args.seed, labels=labels).squeeze(1).numpy().astype(np.float32)
+    prior = _fitted_prior(run, args.prior)
+    images = run.sample(args.n, seed=args.seed, labels=labels, prior=prior).squeeze(1).numpy().astype(np.float32)
     _write_images(target, images)
     print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {target}")
 
@@ -240,16 +264,38 @@ def cmd_eval(args) -> None:
     import json
 
     from .evaluate import evaluate_run, format_results, write_eval
+    from .runs import EVAL_FILE, PRIOR_EVAL_FILE
 
+    eval_file = PRIOR_EVAL_FILE if args.prior == "gmm" else EVAL_FILE  # eval.json stays N(0, I)'s: the report reads it
     run = _open_run(args)
-    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples)
+    prior = _fitted_prior(run, args.prior)
+    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior)
     if not args.no_save:
-        write_eval(run.path, results)
+        write_eval(run.path, results, eval_file)
     if args.json:
         print(json.dumps(results, sort_keys=True))
         return
     print(format_results(results))
-    print(f"conventions: the 'notes' in {run.path / 'eval.json'} (or --json)" if not args.no_save else "conventions: the 'notes' of --json")
+    print(f"conventions: the 'notes' in {run.path / eval_file} (or --json)" if not args.no_save else "conventions: the 'notes' of --json")
+
+
+def cmd_fit_prior(args) -> None:
+    from .data import fixed_binarization, load_dataset
+    from .prior import fit_mixture_prior, posterior_codes, save_prior
+    from .utils import weights_sha256
+
+    run = _open_run(args)
+    _require_unconditional_vae(run, "fit-prior")
+    data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
+    x_train, _ = data.tensors("train", run.device)
+    if run.train_config.binarize:  # the codes of what the run learned from
+        x_train = fixed_binarization(x_train)
+    codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
+    prior = fit_mixture_prior(codes, args.components, args.seed)
+    fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
+    path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
+    print(f"fitted a {args.components}-component Gaussian mixture to {len(codes)} codes of the {len(x_train)} training digits: {path}")
+    print(f"use it: genlab sample {run.path} --prior gmm -o samples.png; genlab eval {run.path} --prior gmm")
 
 
 def cmd_classifier_train(args) -> None:
@@ -315,8 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.npy: float32 array (N, 28, 28) in [0, 1]; FILE.png: the images as one grid")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--digit", type=int, help="class to generate (conditional models)")
+    p.add_argument("--prior", **PRIOR_OPTION)
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("fit-prior", help="fit a Gaussian mixture to a VAE's training codes, for --prior gmm (better samples)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--components", type=int, default=DEFAULT_COMPONENTS, help=f"mixture components (default: {DEFAULT_COMPONENTS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the code draws and of EM's start (default: 0)")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.set_defaults(func=cmd_fit_prior)
 
     p = commands.add_parser("encode", help="test-set latents z and labels y into a .npz file (AE, VAE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -361,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per test digit for the IWAE bound (default: 100; papers: 5000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
-    p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval.json")
+    p.add_argument("--prior", **PRIOR_OPTION)
+    p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval.json (eval-gmm.json with --prior gmm)")
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("classifier", help="the MNIST classifier behind FID and the class metrics")

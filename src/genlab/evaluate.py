@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError
-from .utils import atomic_write_json, make_generator
+from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
 PR_NEIGHBOURS = 3  # k of the k-NN balls of precision / recall (Kynkäänniemi et al. use 3)
@@ -207,7 +207,13 @@ def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def importance_weighted_bounds(
-    model, x: torch.Tensor, k: int, generator: torch.Generator, labels: torch.Tensor | None = None, max_rows: int = IW_MAX_ROWS
+    model,
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    labels: torch.Tensor | None = None,
+    max_rows: int = IW_MAX_ROWS,
+    prior_log_prob=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image (N,): ELBO, KL(q(z|x) || p(z)) and the IWAE bound on log p(x), in nats.
 
@@ -219,7 +225,10 @@ def importance_weighted_bounds(
     Work is cut into decoder calls of at most `max_rows` rows (images × samples), so K = 5000
     fits in memory; the noise is drawn per call, so the numbers repeat for the same generator
     seed and `max_rows` (keep the default to compare runs). `labels` (N,): a conditional decoder's digits, giving bounds on log p(x|y).
+    `prior_log_prob`: log p(z) of another prior than N(0, I) (a fitted `prior.MixturePrior`); the
+    KL then has no closed form, so it and the ELBO are averaged over the same K samples.
     """
+    log_prior = prior_log_prob or _standard_normal_log_density
     n = len(x)
     batch = max(1, min(n, max_rows // k))  # images per outer step
     chunk = max(1, min(k, max_rows // batch))  # importance samples per decoder call
@@ -240,10 +249,13 @@ def importance_weighted_bounds(
             log_px_z = bernoulli_log_likelihood(logits, xb)  # (kc, B)
             # log q(z|x) for z = μ + σ ε: N(ε; 0, I) density with the Jacobian 1/σ
             log_q = _standard_normal_log_density(eps) - 0.5 * logvar.sum(-1)
-            log_w.append(log_px_z + _standard_normal_log_density(z) - log_q)
+            log_w.append(log_px_z + log_prior(z) - log_q)
             recon += log_px_z.sum(0)
         log_w = torch.cat(log_w)  # (K, B)
-        kl_b = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+        if prior_log_prob is None:
+            kl_b = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+        else:  # Monte Carlo: KL = E_q[log q(z|x) − log p(z)] = mean log p(x|z) − mean log w
+            kl_b = recon / k - log_w.mean(0)
         elbo.append(recon / k - kl_b)
         kl.append(kl_b)
         iwae.append(torch.logsumexp(log_w, 0) - math.log(k))
@@ -272,15 +284,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 of a network's weights (0.4 MB for the classifier: a millisecond)."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def reference_features(images: np.ndarray, classifier, with_radii: bool) -> RealFeatures:
     """Features of real uint8 digits (N, 28, 28), cached by their SHA-256, the classifier's
     weights and the device: in memory (a lab evaluates several models against the same test
@@ -289,7 +292,7 @@ def reference_features(images: np.ndarray, classifier, with_radii: bool) -> Real
     from .classifier import predict
 
     device = next(classifier.parameters()).device
-    key = (_sha256_bytes(np.ascontiguousarray(images).tobytes()), _fingerprint(classifier), device.type)
+    key = (_sha256_bytes(np.ascontiguousarray(images).tobytes()), weights_sha256(classifier), device.type)
     path = cache_dir("features") / f"{key[0][:20]}-{key[1][:20]}-{key[2]}.safetensors"
     ref = _REFERENCE.get(key) or _read_cached(path, len(images), device)
     changed = ref is None
@@ -369,10 +372,12 @@ def evaluate_run(
     iw_samples: int = 100,
     batch_size: int = 1000,
     classifier=None,
+    prior=None,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
-    {"model", "seed", "n_samples", "iw_samples", "metrics": {name: float}, "notes", "warnings",
-    "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers."""
+    {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
+    "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers.
+    `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
     from .classifier import default_path, load_classifier, provenance
     from .runs import Run, load_run, other_training_data
 
@@ -441,7 +446,10 @@ def evaluate_run(
     if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
         t = time.perf_counter()
         given = y_test if _accepts_labels(model.decode_logits) == "labels" else None
-        elbo, kl, iwae = importance_weighted_bounds(model, x_test, iw_samples, make_generator(seed + 1, device), given)
+        prior_log_prob = None if prior is None else prior.to(device).log_prob
+        elbo, kl, iwae = importance_weighted_bounds(
+            model, x_test, iw_samples, make_generator(seed + 1, device), given, prior_log_prob=prior_log_prob
+        )
         metrics["elbo_nats"] = float(elbo.mean())
         metrics["kl_nats"] = float(kl.mean())
         metrics["iwae_log_px_nats"] = float(iwae.mean())
@@ -471,7 +479,7 @@ def evaluate_run(
 
     if model.can_sample:
         t = time.perf_counter()
-        samples = run.sample(n_samples, seed=seed, labels=None if labels_for is None else labels_for(n_samples).cpu())
+        samples = run.sample(n_samples, seed=seed, labels=None if labels_for is None else labels_for(n_samples).cpu(), prior=prior)
         if not torch.isfinite(samples).all():
             warnings.append("the model's samples contain NaN or infinite values: sample metrics skipped")
         else:
@@ -493,9 +501,16 @@ def evaluate_run(
         warnings.append(f"sample metrics use a classifier of MNIST digits, but the data is {data.name}: read FID with care")
     if model.can_sample:
         notes.append(f"Samples drawn with torch.Generator(seed = {seed}) on {device}; same run + seed = same numbers.")
+    if prior is not None:
+        notes.append(
+            f"Prior: the Gaussian mixture of {prior.components} components fitted to the training codes (prior.safetensors, "
+            "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
+            "estimates over the same K samples."
+        )
     return {
         "model": run.name,
         "seed": seed,
+        "prior": "standard normal" if prior is None else f"gaussian mixture ({prior.components})",
         "n_samples": n_samples if model.can_sample else 0,
         "iw_samples": iw_samples if "iwae_log_px_nats" in metrics else 0,
         "n_test": int(len(x_test)),
@@ -545,8 +560,8 @@ def _sample_metrics(samples, data: DataBundle, classifier, labels_for, metrics: 
 # --------------------------------------------------------------------------------------------
 
 
-def write_eval(run_dir: str | os.PathLike, results: dict) -> Path:
-    path = Path(run_dir) / EVAL_FILE
+def write_eval(run_dir: str | os.PathLike, results: dict, name: str = EVAL_FILE) -> Path:
+    path = Path(run_dir) / name
     atomic_write_json(path, results)
     return path
 
@@ -572,6 +587,8 @@ def format_results(results: dict) -> str:
         head += f", {results['n_samples']} samples"
     if results.get("iw_samples"):
         head += f", K={results['iw_samples']} importance samples"
+    if results.get("prior", "standard normal") != "standard normal":
+        head += f", prior: {results['prior']}"
     metrics = results["metrics"]
     width = max((len(k) for k in metrics), default=0)
     lines = [head] + [f"  {k:<{width}}  {v:.6g}" for k, v in metrics.items()]

@@ -7,6 +7,8 @@ A run folder holds
                          with the loop's position (epoch, step) as JSON in its metadata
   metrics.jsonl          one JSON object per finished epoch
   eval.json              the measured metrics (`genlab eval`), when the run has been evaluated
+  prior.safetensors      a VAE's fitted Gaussian-mixture prior (`genlab fit-prior`), if any,
+  eval-gmm.json          and the metrics measured with it (`genlab eval --prior gmm`)
   figures/               the PNG figures (`genlab plot RUN_DIR` rewrites them)
 Every file is written atomically (utils.atomic_write_*), and nothing is ever unpickled: tensors
 come from safetensors, everything else from JSON validated against the config dataclasses.
@@ -37,6 +39,8 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"  # written by `genlab eval` and `genlab lab` (genlab.evaluate)
+PRIOR_FILE = "prior.safetensors"  # genlab.prior
+PRIOR_EVAL_FILE = "eval-gmm.json"  # `genlab eval --prior gmm`
 FIGURES_DIR = "figures"
 FORMAT_VERSION = 1  # bump when the layout of a run folder changes incompatibly
 
@@ -231,9 +235,12 @@ class Run:
         return x.to(self.device)
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int = 0, labels=None) -> torch.Tensor:
-        """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`."""
+    def sample(self, n: int, seed: int = 0, labels=None, prior=None) -> torch.Tensor:
+        """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
+        `prior.MixturePrior` to draw the codes from instead of the model's N(0, I)."""
         gen = make_generator(seed, self.device)
+        if prior is not None:
+            return self.decode(prior.to(self.device).sample(n, generator=gen))
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         return self.model.sample(n, generator=gen, labels=labels).cpu()

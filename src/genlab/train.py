@@ -44,6 +44,8 @@ from .runs import (
     EVAL_FILE,
     FIGURES_DIR,
     METRICS_FILE,
+    PRIOR_EVAL_FILE,
+    PRIOR_FILE,
     WEIGHTS_FILE,
     build_model,
     load_state_into,
@@ -123,7 +125,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
-            for name in (*RUN_FILES, EVAL_FILE):
+            for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / FIGURES_DIR, ignore_errors=True)
         # Temporary files a killed process left mid-write: never read, safe to remove.
