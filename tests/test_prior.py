@@ -137,6 +137,17 @@ def test_fit_prior_then_sample_and_eval_with_it(tiny_runs, session_data_dir, tmp
     assert not (run_dir / PRIOR_FILE).exists() and not (run_dir / "eval-gmm.json").exists()
 
 
+def test_fit_prior_refuses_other_data_than_the_run_trained_on(tiny_runs, tmp_path):
+    run_dir = tmp_path / "vae"
+    shutil.copytree(tiny_runs["vae"], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["data"]["sha256"] = "0" * 64  # as if trained on other digits than its data folder holds now
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli("fit-prior", run_dir, "--components", 4)
+    assert_one_line_error(code, err, "trained on other data", "same data")
+    assert not (run_dir / PRIOR_FILE).exists()
+
+
 @pytest.mark.parametrize("name", ["gan", "ae", "cvae"])
 def test_fit_prior_needs_a_vae(tiny_runs, name, tmp_path):
     code, _, err = run_cli("fit-prior", tiny_runs[name])
