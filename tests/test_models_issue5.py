@@ -439,3 +439,43 @@ def test_conv_autoencoder_kernels_keep_28_by_28(kernel):
     mu, logvar = model.encode_distribution(x)
     assert mu.shape == (3, 4) and model.decode(mu).shape == (3, 1, 28, 28)
     assert model.encoder[0][0].kernel_size == (kernel, kernel)
+
+
+def _activation_types(module: nn.Module) -> set[type]:
+    return {type(m) for m in module.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.SiLU))}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_activation_option_sets_every_hidden_layer(arch):
+    """--activation silu puts SiLU after every hidden layer of encoder and decoder (none of the
+    ReLUs stay); "relu" is the networks as before, with the conv encoder's leaky ReLU."""
+    silu = VAE(VAEConfig(arch=arch, latent_dim=4, activation="silu"))
+    assert _activation_types(silu.encoder) == {nn.SiLU} and _activation_types(silu.decoder) == {nn.SiLU}
+    relu = VAE(VAEConfig(arch=arch, latent_dim=4, activation="relu"))
+    assert nn.SiLU not in _activation_types(relu) and nn.ReLU in _activation_types(relu.decoder)
+    assert (nn.LeakyReLU in _activation_types(relu.encoder)) == (arch == "conv")
+    # the same count of activations either way: the option swaps them, it adds or drops none
+    count = lambda m: sum(isinstance(x, (nn.ReLU, nn.LeakyReLU, nn.SiLU)) for x in m.modules())
+    assert count(silu) == count(relu)
+    x = torch.rand(3, 1, 28, 28)
+    assert silu.reconstruct(x).shape == x.shape
+
+
+def test_activation_default_depends_on_model_and_arch():
+    """Unset, the conv VAE (and the CVAE, its subclass) takes SiLU, everything else ReLU; the
+    training setup writes the choice into the config, so a saved run records it."""
+    from genlab import TrainConfig
+    from genlab.train import resolve_configs
+
+    assert VAEConfig(arch="conv").default_activation() == "silu"
+    assert CVAEConfig(arch="conv").default_activation() == "silu"
+    assert VAEConfig().default_activation() == "relu"
+    for config_class in (AEConfig, AAEConfig):
+        assert config_class(arch="conv").default_activation() == "relu"
+    assert _activation_types(VAE(VAEConfig(arch="conv", latent_dim=4))) == {nn.SiLU}  # None: built with the default
+    _, filled = resolve_configs(TrainConfig(model="vae"), VAEConfig(arch="conv"))
+    assert filled.activation == "silu"
+    _, mine = resolve_configs(TrainConfig(model="vae"), VAEConfig(arch="conv", activation="relu"))
+    assert mine.activation == "relu"
+    with pytest.raises(GenlabError, match="activation must be one of relu, silu"):
+        VAEConfig(activation="tanh").validate()

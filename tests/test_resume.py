@@ -505,8 +505,11 @@ def test_config_records_versions_device_data_and_the_resolved_config(tmp_path, t
     assert info["train"]["lr"] == MODELS["vae"].default_lr and info["train"]["epochs"] == 1
     assert info["train"]["data_dir"] == str(tiny_data_dir)
     assert set(info["model"]) == {f.name for f in dataclasses.fields(MODELS["vae"].config_class)}
+    assert None not in info["model"].values()  # the arch-dependent activation is filled in too
     # and the record is enough to rebuild the run
-    assert load_run(run_dir).model_config == MODELS["vae"].config_class()
+    expected = MODELS["vae"].config_class()
+    expected.fill_defaults()
+    assert load_run(run_dir).model_config == expected and expected.activation == "relu"
 
 
 # --------------------------------------------------------------------------------------------

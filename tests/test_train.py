@@ -242,3 +242,19 @@ def test_a_conv_run_saved_before_the_kernel_option_loads_with_kernel_4(tmp_path,
     assert read_config(run_dir)[1].kernel == 4
     run = load_run(run_dir)  # the kernel-4 weights fit the model built from the old config
     assert run.model.encoder[0][0].kernel_size == (4, 4)
+
+
+def test_a_conv_vae_saved_before_the_activation_option_loads_with_relu(tmp_path, small_bundle):
+    """Runs trained before `activation` existed used ReLU: an old config.json without the field
+    must rebuild those networks, not today's SiLU default of the conv VAE."""
+    from genlab.runs import read_config
+
+    run_dir = fit(tiny_train_config("vae"), MODELS["vae"].config_class(arch="conv", activation="relu"), tmp_path / "v", data=small_bundle, **QUIET)
+    path = run_dir / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved["model"]["activation"] == "relu"
+    del saved["model"]["activation"]
+    path.write_text(json.dumps(saved))
+    assert read_config(run_dir)[1].activation == "relu"
+    run = load_run(run_dir)
+    assert not any(isinstance(m, torch.nn.SiLU) for m in run.model.modules())

@@ -70,7 +70,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{helps.get(f.name, '')} (default: {default})"
+        # None: the field's comment says what it means (the model's own default, GENLAB_DATA, ...)
+        help_text = helps.get(f.name, "") + ("" if default is None else f" (default: {default})")
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:

@@ -43,6 +43,10 @@ class ModelConfig:
         if self.latent_dim < 1:
             raise GenlabError(f"latent_dim must be at least 1, got {self.latent_dim}")
 
+    def fill_defaults(self) -> None:
+        """Set the fields left None whose default depends on other fields (the autoencoders'
+        activation depends on the arch), so that config.json records what the run trained with."""
+
 
 @dataclass
 class TrainConfig:
@@ -51,9 +55,9 @@ class TrainConfig:
     ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {"epoch_eval_images": 0}  # see ModelConfig's
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
-    epochs: int | None = None  # passes over the training split
-    batch_size: int | None = None  # images per optimizer step
-    lr: float | None = None  # Adam learning rate (every optimizer of the model)
+    epochs: int | None = None  # passes over the training split (default: the model's own)
+    batch_size: int | None = None  # images per optimizer step (default: the model's own)
+    lr: float | None = None  # Adam learning rate, every optimizer of the model (default: the model's own)
     seed: int = 0  # seeds weights, shuffling, noise: same seed + CPU = same run
     dataset: str = "mnist"  # mnist, fashion-mnist, kmnist
     data_dir: str | None = None  # folder with IDX files; None: GENLAB_DATA, cache, download, offline

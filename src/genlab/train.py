@@ -73,6 +73,7 @@ def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None 
     if not isinstance(model_config, model_cls.config_class):
         raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
     model_config.validate()  # the defaults below may read it
+    model_config.fill_defaults()
     for name, value in model_cls.training_defaults(model_config).items():
         if getattr(train_config, name) is None:
             setattr(train_config, name, value)

@@ -61,6 +61,21 @@ def _same_halving(kernel: int) -> tuple[int, int]:
     return (kernel - 1) // 2, kernel % 2
 
 
+# Hidden-layer activations of the autoencoders (`activation` config field). SiLU (x·sigmoid(x),
+# Elfwing et al. 2018, https://arxiv.org/abs/1702.03118) is smooth where ReLU has a kink: in the
+# conv VAE it gave better samples *and* likelihood at the same CPU time (benchmarks/README.md,
+# section 3), so it is the conv VAE's default; "relu" keeps the networks as they were.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def activation_layer(name: str, leaky_slope: float = 0.0) -> nn.Module:
+    """One activation module: "silu" -> SiLU; "relu" -> ReLU, or leaky ReLU when `leaky_slope`
+    > 0 (the conv features' DCGAN-style leaky ReLU)."""
+    if name == "relu" and leaky_slope > 0:
+        return nn.LeakyReLU(leaky_slope)
+    return ACTIVATIONS[name]()
+
+
 def _norm2d(kind: str | None, channels: int) -> list[nn.Module]:
     if kind == "batch":
         return [nn.BatchNorm2d(channels)]
@@ -70,9 +85,15 @@ def _norm2d(kind: str | None, channels: int) -> list[nn.Module]:
 
 
 def conv_features(
-    channels: tuple[int, int] = (32, 64), norm: str | None = None, slope: float = 0.2, dropout: float = 0.0, kernel: int = 4
+    channels: tuple[int, int] = (32, 64),
+    norm: str | None = None,
+    slope: float = 0.2,
+    dropout: float = 0.0,
+    kernel: int = 4,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """(B, 1, 28, 28) -> (B, channels[1]·7·7): two stride-2 convolutions with leaky ReLU.
+    """(B, 1, 28, 28) -> (B, channels[1]·7·7): two stride-2 convolutions with leaky ReLU
+    (`activation` "relu"; "silu": SiLU).
 
     `norm`: None, "batch" or "layer", applied after the second convolution (never the first,
     as in DCGAN: normalising the input layer hurts). `dropout` after each activation (a GAN
@@ -83,47 +104,62 @@ def conv_features(
     drop = [nn.Dropout(dropout)] if dropout > 0 else []
     return nn.Sequential(
         nn.Conv2d(1, c1, kernel, stride=2, padding=pad),  # (B, c1, 14, 14)
-        nn.LeakyReLU(slope),
+        activation_layer(activation, slope),
         *drop,
         nn.Conv2d(c1, c2, kernel, stride=2, padding=pad),  # (B, c2, 7, 7)
         *_norm2d(norm, c2),
-        nn.LeakyReLU(slope),
+        activation_layer(activation, slope),
         *drop,
         nn.Flatten(),  # (B, c2·49)
     )
 
 
 def conv_encoder(
-    out_dim: int, channels: tuple[int, int] = (32, 64), norm: str | None = None, hidden: tuple[int, ...] = (), kernel: int = 4
+    out_dim: int,
+    channels: tuple[int, int] = (32, 64),
+    norm: str | None = None,
+    hidden: tuple[int, ...] = (),
+    kernel: int = 4,
+    activation: str = "relu",
 ) -> nn.Sequential:
     """(B, 1, 28, 28) -> (B, out_dim): conv features, then fully connected layers of widths
-    `hidden` (ReLU between) and a linear head."""
-    return nn.Sequential(conv_features(channels, norm, kernel=kernel), mlp([channels[1] * FEATURE_SIDE**2, *hidden, out_dim]))
+    `hidden` (ReLU or SiLU between, per `activation`) and a linear head."""
+    return nn.Sequential(
+        conv_features(channels, norm, kernel=kernel, activation=activation),
+        mlp([channels[1] * FEATURE_SIDE**2, *hidden, out_dim], ACTIVATIONS[activation]),
+    )
 
 
 def conv_decoder(
-    in_dim: int, channels: tuple[int, int] = (32, 64), batch_norm: bool = False, hidden: tuple[int, ...] = (), kernel: int = 4
+    in_dim: int,
+    channels: tuple[int, int] = (32, 64),
+    batch_norm: bool = False,
+    hidden: tuple[int, ...] = (),
+    kernel: int = 4,
+    activation: str = "relu",
 ) -> nn.Sequential:
     """(B, in_dim) -> pixel logits (B, 1, 28, 28); mirrors `conv_encoder` with the same
     `channels` and `hidden` (a small code needs a hidden layer or two before the feature map:
     one linear map from a 2-D code to 7×7 feature maps draws poorly).
 
     `batch_norm` after each layer: DCGAN's generator stabiliser; off for autoencoders,
-    whose reconstructions should not depend on the other images in the batch.
+    whose reconstructions should not depend on the other images in the batch. `activation`:
+    "relu" or "silu" after each hidden layer.
     """
     c1, c2 = channels
+    act = ACTIVATIONS[activation]
     pad, out_pad = _same_halving(kernel)
     widths = [in_dim, *reversed(hidden), c2 * FEATURE_SIDE**2]
     fully_connected: list[nn.Module] = []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
-        fully_connected += [nn.Linear(n_in, n_out), *([nn.BatchNorm1d(n_out)] if batch_norm else []), nn.ReLU()]
+        fully_connected += [nn.Linear(n_in, n_out), *([nn.BatchNorm1d(n_out)] if batch_norm else []), act()]
     bn2d = [nn.BatchNorm2d(c1)] if batch_norm else []
     return nn.Sequential(
         *fully_connected,
         nn.Unflatten(1, (c2, FEATURE_SIDE, FEATURE_SIDE)),  # (B, c2, 7, 7)
         nn.ConvTranspose2d(c2, c1, kernel, stride=2, padding=pad, output_padding=out_pad),  # (B, c1, 14, 14)
         *bn2d,
-        nn.ReLU(),
+        act(),
         nn.ConvTranspose2d(c1, 1, kernel, stride=2, padding=pad, output_padding=out_pad),  # (B, 1, 28, 28)
     )
 
@@ -135,12 +171,23 @@ ARCHS = ("mlp", "conv")
 class AutoencoderConfig(ModelConfig):
     """The network fields that AE, VAE, CVAE and AAE share (read by `encoder_decoder`)."""
 
-    ABSENT_IN_OLDER_RUNS = {"kernel": 4}  # runs saved before the option used kernel-4 convolutions
+    # Runs saved before these options used kernel-4 convolutions and ReLU (leaky in the conv encoder).
+    ABSENT_IN_OLDER_RUNS = {"kernel": 4, "activation": "relu"}
 
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
     arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
     channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
     kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
+    # None is filled in when training starts (`fill_defaults`), so config.json records the choice.
+    activation: str | None = None  # "relu" or "silu" between layers (default: relu; silu for the conv VAE)
+
+    def default_activation(self) -> str:
+        """What `activation` None means: ReLU, as in the lab notebook. The VAE overrides it."""
+        return "relu"
+
+    def fill_defaults(self) -> None:
+        if self.activation is None:
+            self.activation = self.default_activation()
 
     def validate(self) -> None:
         super().validate()
@@ -151,6 +198,8 @@ class AutoencoderConfig(ModelConfig):
             raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(self.channels)}")
         if self.kernel not in (3, 4, 5):
             raise GenlabError(f"kernel must be 3, 4 or 5 (conv kernel size), got {self.kernel}")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise GenlabError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
 
 
 def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
@@ -162,15 +211,16 @@ def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -
     a small code to the feature maps learns slowly, two layers cost more than they bring).
     AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each.
     """
+    activation = config.activation or config.default_activation()  # None: a config built in Python, not yet trained
     if config.arch == "conv":
         hidden, channels = tuple(config.hidden_dims)[-1:], tuple(config.channels)
         return (
-            conv_encoder(code_dim, channels, hidden=hidden, kernel=config.kernel),
-            conv_decoder(latent_dim, channels, hidden=hidden, kernel=config.kernel),
+            conv_encoder(code_dim, channels, hidden=hidden, kernel=config.kernel, activation=activation),
+            conv_decoder(latent_dim, channels, hidden=hidden, kernel=config.kernel, activation=activation),
         )
-    hidden = list(config.hidden_dims)
-    encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim]))
-    decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS]), Unflatten())
+    hidden, act = list(config.hidden_dims), ACTIVATIONS[activation]
+    encoder = nn.Sequential(Flatten(), mlp([IMAGE_PIXELS, *hidden, code_dim], act))
+    decoder = nn.Sequential(mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS], act), Unflatten())
     return encoder, decoder
 
 
