@@ -156,7 +156,6 @@ def _fitted_prior(run, choice: str):
     from .utils import weights_sha256
 
     _require_unconditional_vae(run, "--prior gmm")
-
     return load_prior(run.path, run.model.config.latent_dim, weights_sha256(run.model))
 
 
@@ -283,18 +282,14 @@ def cmd_eval(args) -> None:
 def cmd_fit_prior(args) -> None:
     from .data import fixed_binarization, load_dataset
     from .prior import fit_mixture_prior, posterior_codes, save_prior
-    from .runs import other_training_data
+    from .runs import require_training_data
     from .utils import weights_sha256
 
     run = _open_run(args)
     _require_unconditional_vae(run, "fit-prior")
     data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
-    trained_on = other_training_data(run.info, data)
-    if trained_on:  # the prior must describe the codes of the digits the model learned from
-        raise GenlabError(
-            f"{run.path} was trained on other data ({trained_on.get('source', '?')}) than found now ({data.source}): "
-            "fit its prior with the same data (the GENLAB_DATA it trained with)"
-        )
+    # the prior must describe the codes of the digits the model learned from
+    require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
     x_train, _ = data.tensors("train", run.device)
     if run.train_config.binarize:  # the codes of what the run learned from
         x_train = fixed_binarization(x_train)

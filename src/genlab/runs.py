@@ -79,6 +79,17 @@ def other_training_data(info: dict, data) -> dict | None:
     return saved if saved.get("sha256") and saved["sha256"] != data.sha256 else None
 
 
+def require_training_data(run_dir: Path, info: dict, data, remedy: str) -> None:
+    """Refuse to go on with a run (resume it, fit its prior) on other digits than it trained on;
+    `remedy` ends the one-line error with what to do."""
+    saved = other_training_data(info, data)
+    if saved:
+        raise RunFolderError(
+            f"{run_dir} was trained on other data ({saved.get('source', '?')}, sha256 {saved['sha256'][:12]}) than found now "
+            f"({data.source}, sha256 {data.sha256[:12]}): {remedy}"
+        )
+
+
 def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
     """Load and validate config.json; returns (train config, model config, the whole JSON)."""
     path = run_dir / CONFIG_FILE

@@ -50,9 +50,9 @@ from .runs import (
     build_model,
     load_state_into,
     load_tensors,
-    other_training_data,
     read_config,
     read_metrics,
+    require_training_data,
     save_tensors,
     save_weights,
     versions,
@@ -203,16 +203,6 @@ def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch
     return state, shuffle_state, running, metrics_rows
 
 
-def _check_same_data(run_dir: Path, saved_info: dict, data: DataBundle) -> None:
-    """A resumed run must see the data it started with, or it would not be the same run."""
-    saved = other_training_data(saved_info, data)
-    if saved:
-        raise RunFolderError(
-            f"{run_dir} was trained on other data ({saved.get('source', '?')}, sha256 {saved['sha256'][:12]}) than found now "
-            f"({data.source}, sha256 {data.sha256[:12]}): resume with the same data (--data DIR or GENLAB_DATA)"
-        )
-
-
 def _checkpoint_note(run_dir: Path) -> str:
     """Where the last good checkpoint is, for the message of a stopped run."""
     path = run_dir / CHECKPOINT_FILE
@@ -284,8 +274,8 @@ def fit(
         data = load_dataset(cfg.dataset, cfg.data_dir)
         for note in data.notes:
             log(f"data: {note}")
-    if resume:
-        _check_same_data(run_dir, saved_info, data)
+    if resume:  # a resumed run must see the data it started with, or it would not be the same run
+        require_training_data(run_dir, saved_info, data, "resume with the same data (--data DIR or GENLAB_DATA)")
     x_train, y_train = data.tensors("train", device)
     x_test, y_test = data.tensors("test", device)
     if cfg.binarize:  # the same binary test digits as `genlab eval` scores
