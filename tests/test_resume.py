@@ -133,6 +133,20 @@ def test_stopped_and_resumed_run_is_bitwise_identical(name, checkpoint_every, st
     assert optim_keys and all(torch.equal(mine[k], theirs[k]) for k in optim_keys)
 
 
+@pytest.mark.parametrize("name, weight", [("ae", 0.3), ("vae", 30.0)])
+def test_run_with_the_neighbor_term_resumes_bitwise_identical(name, weight, tmp_path, tiny_bundle):
+    """The term draws its digit pairs from the global RNG, which the checkpoint restores; its
+    graph is rebuilt on resume from the same training digits."""
+    model = lambda: dataclasses.replace(small_model(name), neighbor_weight=weight)  # noqa: E731 (fit fills it in)
+    ref = fit(train_config(name), model(), tmp_path / "reference", data=tiny_bundle, **QUIET)
+    run_dir = tmp_path / name
+    fit(train_config(name, checkpoint_every=3), model(), run_dir, data=tiny_bundle, stop_after_steps=11, **QUIET)
+    assert not (run_dir / WEIGHTS_FILE).exists()
+    fit(train_config(name, checkpoint_every=3), None, run_dir, resume=True, data=tiny_bundle, **QUIET)
+    assert_same_weights(run_dir, ref)
+    assert without_timing(assert_complete_log(run_dir)) == without_timing(read_metrics(ref))
+
+
 def test_mid_epoch_checkpoint_is_written_every_n_steps(tmp_path, tiny_bundle):
     run_dir = fit(train_config("ae", checkpoint_every=4), small_model("ae"), tmp_path / "ae", data=tiny_bundle, stop_after_steps=9, **QUIET)
     loop = load_tensors(run_dir / CHECKPOINT_FILE)[1]["loop"]

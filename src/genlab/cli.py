@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         add_dataclass_options(p, TrainConfig, skip=("model", "data_dir"))
         p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
-        add_dataclass_options(p, cls.config_class)
+        add_dataclass_options(p, cls.config_class, skip=cls.config_class.NOT_OPTIONS)
         p.add_argument("--out", metavar="RUN_DIR", help=f"run folder (default: runs/{name})")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

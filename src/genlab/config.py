@@ -36,6 +36,9 @@ class ModelConfig:
     # runs trained (a new default can differ: the AE's input noise is 0.5 now, 0 before it).
     # Used when a saved config.json is read, so resuming an old run does not change its training.
     ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {}
+    # Inherited fields that this family refuses to change (validate() says why): `genlab train`
+    # offers no --option for them.
+    NOT_OPTIONS: typing.ClassVar[tuple[str, ...]] = ()
 
     latent_dim: int = 2  # size of the code z; 2 lets us draw the latent space directly
 

@@ -288,6 +288,7 @@ def fit(
 
     seed_everything(cfg.seed)
     model = build_model(cfg, model_config).to(device)
+    model.prepare_training(x_train)
     optimizers = _optimizers(model, cfg, device)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     phase_params = {p: set(map(id, model.phase_parameters(p))) for p in model.phases}

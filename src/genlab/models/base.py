@@ -56,6 +56,11 @@ class GenerativeModel(nn.Module):
     def loss(self, x: torch.Tensor, y: torch.Tensor, phase: str, cache: dict) -> LossOutput:
         raise NotImplementedError
 
+    def prepare_training(self, x_train: torch.Tensor) -> None:
+        """Called by the loop once before training (and again on resume) with all the training
+        images, on the model's device. Most models need nothing; the AE and VAE build their
+        neighbour graph here when `neighbor_weight` > 0 (models/neighbors.py)."""
+
     @torch.no_grad()
     def eval_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test-split figures for one batch, as batch means; the loop averages over batches."""

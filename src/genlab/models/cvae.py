@@ -36,6 +36,8 @@ from .vae import ACTIVE_KL, LOGVAR_RANGE, VAE, VAEConfig, gaussian_kl, reconstru
 
 @dataclass
 class CVAEConfig(VAEConfig):
+    NOT_OPTIONS = ("neighbor_weight",)  # see validate()
+
     latent_dim: int = 2  # style code; 2-D so the style plane can be drawn (the digit comes from y)
     arch: str = "mlp"  # "mlp" or "conv", as for the VAE (mlp: better samples per CPU second at 2-D, measured)
     recon_loss: str = "bce"  # Bernoulli likelihood (sharper samples than "mse")
@@ -48,6 +50,10 @@ class CVAEConfig(VAEConfig):
             raise GenlabError(f"classifier_weight must be 0 or more, got {self.classifier_weight}")
         if not 0 <= self.plot_digit < NUM_CLASSES:
             raise GenlabError(f"plot_digit must be 0 to {NUM_CLASSES - 1}, got {self.plot_digit}")
+        if self.neighbor_weight:
+            # The CVAE's z is meant to hold style, not class (the label y gives the digit); pulling
+            # same-looking digits together in z would put the class back into it.
+            raise GenlabError("neighbor_weight is not available for cvae: its z holds style, the digit comes from the label")
 
 
 @register("cvae")

@@ -22,6 +22,7 @@ from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import AutoencoderConfig, encoder_decoder
+from .neighbors import NeighborTermMixin, check_neighbor_weight
 
 # log σ² is clamped to this range: σ from e^-5 to e^5. Keeps exp() finite when the encoder
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
@@ -37,6 +38,9 @@ class VAEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: str = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
+    # 30 measured best of 1, 3, 10 and 30 on the validation split (benchmarks/README.md, section 4c);
+    # larger than the AE's because the VAE's loss is summed over pixels, the AE's averaged.
+    neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 30 separates 2-D codes best)
 
     def validate(self) -> None:
         super().validate()
@@ -44,6 +48,7 @@ class VAEConfig(AutoencoderConfig):
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
         if self.recon_loss not in ("mse", "bce"):
             raise GenlabError(f"recon_loss must be 'mse' or 'bce', got '{self.recon_loss}'")
+        check_neighbor_weight(self.neighbor_weight)
 
     def default_activation(self) -> str:
         # SiLU in the conv VAE: better samples and likelihood than ReLU at the same CPU time
@@ -67,7 +72,7 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> tor
 
 
 @register("vae")
-class VAE(GenerativeModel):
+class VAE(NeighborTermMixin, GenerativeModel):
     config_class = VAEConfig
     # Steps matter more than batch size for the 2-D codes: at the same CPU time, batch 32
     # separates the digits better than 64 or 128 (validation 5-NN 0.70 vs 0.65 / 0.63–0.68);
@@ -123,6 +128,7 @@ class VAE(GenerativeModel):
         kl = kl_per_dim.sum()
         loss = recon + self.config.beta * kl
         logs = {"loss": loss, "recon": recon, "kl": kl}
+        loss = self.with_neighbor_term(loss, logs)
         if not self.training:
             logs["mse"] = (torch.sigmoid(logits) - x).pow(2).mean()
             # Posterior collapse at a glance: how many dimensions carry information (KL above
