@@ -34,7 +34,8 @@ class AEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
     # 0.5 measured best of 0, 0.3, 0.5, 0.7 for the 2-D codes' 5-NN accuracy (validation split).
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
-    # 0.3 measured best of 0.1, 0.3, 1 and 10 on the validation split (benchmarks/README.md, section 4c).
+    # 0.3: on the validation split, weights from 0.1 to 10 separated the codes alike; 0.3 is the one
+    # measured with the final settings (benchmarks/README.md, section 4c).
     neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 0.3 separates 2-D codes best)
 
     def validate(self) -> None:

@@ -11,8 +11,8 @@ loss (Sainburg et al. 2021, https://arxiv.org/abs/2009.12981). It uses no labels
 How: once per run, the `NEIGHBORS` nearest training digits of every training digit (Euclidean
 distance in pixels). Each training step draws `PAIRS` random training digits and one neighbour of
 each, encodes both, and scores how well every digit picks out its own neighbour among all the
-drawn neighbours, by the Cauchy similarity 1 / (1 + |z − z'|²) of t-SNE — a cross-entropy over
-the batch, the contrastive form of neighbour embedding (Damrich et al. 2023,
+drawn neighbours, by the Cauchy similarity 1 / (1 + |s·(z − z')|²) of t-SNE (s = `CODE_SCALE`) —
+a cross-entropy over the pairs, the contrastive form of neighbour embedding (Damrich et al. 2023,
 https://arxiv.org/abs/2206.01816). Anchors are drawn with the global RNG, which the checkpoint
 saves, so a resumed run draws the same pairs.
 """
@@ -31,7 +31,7 @@ from ..errors import GenlabError
 NEIGHBORS = 15
 # Digit pairs per training step, drawn independently of the reconstruction batch. 64 separated the
 # codes better than 32 for ~20% more CPU time; 512 fitted the training digits better but not the
-# held-out ones, at 4× the time (section 4c).
+# held-out ones, at 3× the time of 64 (section 4c).
 PAIRS = 64
 # Codes are multiplied by this before the Cauchy kernel. t-SNE maps of a few thousand points span
 # tens of units; the VAE's KL keeps its codes near unit scale, where the kernel cannot tell near
@@ -74,7 +74,9 @@ def contrastive_neighbor_loss(codes: torch.Tensor, neighbor_codes: torch.Tensor,
 
 
 class NeighborEmbedding:
-    """The training digits and their neighbour graph; `loss(encode)` draws a batch of pairs."""
+    """The training digits and their neighbour graph; `loss(encode)` draws a batch of pairs.
+    The digits are the grey ones also in `--binarize` runs: the term is about where codes go,
+    not about the likelihood."""
 
     def __init__(self, x_train: torch.Tensor, k: int = NEIGHBORS, pairs: int = PAIRS):
         self.x_train = x_train
