@@ -38,9 +38,9 @@ class VAEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: str = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
-    # 30 measured best of 1, 3, 10 and 30 on the validation split (benchmarks/README.md, section 4c);
-    # larger than the AE's because the VAE's loss is summed over pixels, the AE's averaged.
-    neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 30 separates 2-D codes best)
+    # 100 measured best of 1, 3, 10, 30 and 100 on the validation split (benchmarks/README.md,
+    # section 4c); larger than the AE's because the VAE's loss is summed over pixels, the AE's averaged.
+    neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 100 separates 2-D codes best)
 
     def validate(self) -> None:
         super().validate()
