@@ -27,10 +27,10 @@ import genlab.utils as utils_module
 from conftest import tiny_train_config, write_idx_folder
 from genlab import MODELS, fit, load_run
 from genlab.cli import main
-from genlab.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, load_dataset, write_idx
+from genlab.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, write_idx
 from genlab.errors import TrainingDiverged
 from genlab.health import epoch_health, sample_diversity
-from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
+from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
 QUIET = dict(progress=False, log=lambda _: None)
 
