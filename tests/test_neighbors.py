@@ -51,7 +51,7 @@ def test_graph_is_the_same_when_computed_in_chunks(monkeypatch):
 
 
 def test_graph_needs_more_images_than_neighbours():
-    with pytest.raises(ValueError, match="more than 5 images"):
+    with pytest.raises(GenlabError, match="more than 5 training images"):
         neighbor_graph(torch.rand(5, 1, 4, 4), k=5)
 
 

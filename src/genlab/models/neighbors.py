@@ -52,7 +52,7 @@ def neighbor_graph(x: torch.Tensor, k: int = NEIGHBORS) -> torch.Tensor:
     """(n, ...) images -> (n, k) indices of each image's k nearest other images (Euclidean)."""
     n = len(x)
     if n <= k:
-        raise ValueError(f"a neighbour graph of {k} neighbours needs more than {k} images, got {n}")
+        raise GenlabError(f"neighbor_weight needs more than {k} training images (its graph links each to {k} others), got {n}")
     flat = x.flatten(1).float()
     squared_norms = (flat * flat).sum(1)
     indices = []
