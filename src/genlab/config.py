@@ -22,6 +22,12 @@ def check_widths(name: str, widths: tuple[int, ...]) -> None:
         raise GenlabError(f"{name} must be positive widths, got {widths}")
 
 
+def check_off_or_positive(name: str, value: float) -> None:
+    """A weight or strength that 0 switches off (grad clipping, input noise, the neighbour term)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise GenlabError(f"{name} must be 0 (off) or a positive number, got {value}")
+
+
 def check_fraction(name: str, value: float, upper: float) -> None:
     """A rate or probability of a config (dropout, label smoothing): in [0, upper)."""
     if not 0 <= value < upper:
@@ -83,8 +89,7 @@ class TrainConfig:
             raise GenlabError(f"learning rate must be a positive finite number, got {self.lr}")
         if self.checkpoint_every < 0:
             raise GenlabError(f"checkpoint-every must be 0 or more steps, got {self.checkpoint_every}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise GenlabError(f"grad-clip must be 0 (off) or a positive number, got {self.grad_clip}")
+        check_off_or_positive("grad-clip", self.grad_clip)
         if self.eval_batch_size < 1:
             raise GenlabError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
         if self.epoch_eval_images < 0:

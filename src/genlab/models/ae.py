@@ -13,17 +13,16 @@ and figures use the clean x.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import GenlabError
+from ..config import check_off_or_positive
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import AutoencoderConfig, encoder_decoder
-from .neighbors import NeighborTermMixin, check_neighbor_weight
+from .neighbors import NeighborTermMixin
 
 
 @dataclass
@@ -40,9 +39,8 @@ class AEConfig(AutoencoderConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not (math.isfinite(self.input_noise) and self.input_noise >= 0):
-            raise GenlabError(f"input_noise must be 0 (off) or a positive number, got {self.input_noise}")
-        check_neighbor_weight(self.neighbor_weight)
+        check_off_or_positive("input_noise", self.input_noise)
+        check_off_or_positive("neighbor_weight", self.neighbor_weight)
 
 
 @register("ae")

@@ -19,8 +19,6 @@ saves, so a resumed run draws the same pairs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +37,6 @@ PAIRS = 64
 CODE_SCALE = 10.0
 # Distances are computed for this many digits at a time: (chunk, n) floats of memory.
 GRAPH_CHUNK = 1024
-
-
-def check_neighbor_weight(weight: float) -> None:
-    """The config field's rule, shared by the AE and VAE configs."""
-    if not (math.isfinite(weight) and weight >= 0):
-        raise GenlabError(f"neighbor_weight must be 0 (off) or a positive number, got {weight}")
 
 
 @torch.no_grad()

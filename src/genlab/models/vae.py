@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import check_off_or_positive
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import AutoencoderConfig, encoder_decoder
-from .neighbors import NeighborTermMixin, check_neighbor_weight
+from .neighbors import NeighborTermMixin
 
 # log σ² is clamped to this range: σ from e^-5 to e^5. Keeps exp() finite when the encoder
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
@@ -48,7 +49,7 @@ class VAEConfig(AutoencoderConfig):
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
         if self.recon_loss not in ("mse", "bce"):
             raise GenlabError(f"recon_loss must be 'mse' or 'bce', got '{self.recon_loss}'")
-        check_neighbor_weight(self.neighbor_weight)
+        check_off_or_positive("neighbor_weight", self.neighbor_weight)
 
     def default_activation(self) -> str:
         # SiLU in the conv VAE: better samples and likelihood than ReLU at the same CPU time
