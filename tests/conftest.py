@@ -32,7 +32,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-N_TRAIN, N_TEST = 200, 60  # tiny: a 1-epoch run of any model takes well under a second
+N_TRAIN, N_TEST = 200, 60
+
+# What each registered model can do, written out by hand: the tests check the models' own
+# capability flags against these, and the CLI, figures and metrics against the flags.
+CAN_ENCODE = {"ae", "vae", "cvae", "aae"}
+CAN_SAMPLE = {"vae", "cvae", "aae", "gan", "dcgan", "cgan", "wgan_gp"}
+HAS_LIKELIHOOD = {"vae", "cvae"}
+CONDITIONAL = {"cvae", "cgan"}  # tiny: a 1-epoch run of any model takes well under a second
 
 
 def _refuse_network(*args, **kwargs):
@@ -129,6 +136,18 @@ def tiny_train_config(model: str, data_dir: Path | None = None, **overrides):
     values = dict(model=model, epochs=1, batch_size=32, seed=0, device="cpu", eval_batch_size=256)
     values.update(overrides)
     return TrainConfig(data_dir=str(data_dir) if data_dir else None, **values)
+
+
+def fit_killed_after(steps: int, *args, **kwargs):
+    """`genlab.fit(*args, **kwargs)` ended after `steps` optimizer steps of this call, as if the
+    process had been killed there: what was not checkpointed is lost."""
+    import genlab.train as train
+
+    train._kill_after_steps = steps
+    try:
+        return train.fit(*args, **kwargs)
+    finally:
+        train._kill_after_steps = None
 
 
 TINY_CLI_OPTIONS = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]

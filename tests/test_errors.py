@@ -486,7 +486,7 @@ def test_non_finite_weights_after_a_finite_loss_are_never_checkpointed(tmp_path,
 
 
 def test_vae_log_variance_is_bounded():
-    from genlab.models.vae import LOGVAR_RANGE
+    from genlab.models.losses import LOGVAR_RANGE
 
     torch.manual_seed(0)
     model = MODELS["vae"](MODELS["vae"].config_class())

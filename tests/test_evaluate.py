@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from conftest import CAN_ENCODE, CAN_SAMPLE, HAS_LIKELIHOOD
 from genlab import MODELS, load_run
 from genlab.cli import main
 from genlab.data import cache_dir, fixed_binarization
@@ -254,11 +255,11 @@ SMALL = dict(n_samples=300, iw_samples=8)
 
 def _expected_metrics(model) -> set[str]:
     keys = set()
-    if hasattr(model, "reconstruct") and hasattr(model, "encode"):
+    if model.name in CAN_ENCODE:
         keys |= {"recon_mse_per_pixel", "recon_bce_per_image", "knn5_accuracy"}
-    if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
+    if model.name in HAS_LIKELIHOOD:
         keys |= {"elbo_nats", "kl_nats", "iwae_log_px_nats"}
-    if model.can_sample:
+    if model.name in CAN_SAMPLE:
         keys |= {"fid", "fid_floor", "precision", "recall", "class_entropy"} | {f"class_frac_{d}" for d in range(10)}
         if model.conditional:
             keys.add("label_agreement")

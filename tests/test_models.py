@@ -4,18 +4,18 @@ VAE's loss against a hand computation."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import synthetic_digits
+from conftest import CAN_ENCODE, CAN_SAMPLE, CONDITIONAL, HAS_LIKELIHOOD, synthetic_digits
 from genlab.config import from_dict, to_dict
 from genlab.errors import GenlabError
-from genlab.models import MODELS, GenerativeModel, get_model_class, register
-from genlab.models.vae import VAE, VAEConfig, gaussian_kl, reconstruction_loss
+from genlab.models import MODELS, GenerativeModel, NotSupported, get_model_class, register
+from genlab.models.losses import gaussian_kl, reconstruction_loss
+from genlab.models.vae import VAE, VAEConfig
 
 NAMES = sorted(MODELS)
 BATCH = 16
@@ -30,15 +30,6 @@ def _model(name: str, seed: int = 0) -> GenerativeModel:
     torch.manual_seed(seed)
     cls = MODELS[name]
     return cls(cls.config_class())
-
-
-def _call(method, first, labels):
-    """Call encode/decode/sample, passing labels only to methods that take them (conditional)."""
-    params = inspect.signature(method).parameters
-    for key in ("labels", "y"):
-        if key in params:
-            return method(first, **{key: labels})
-    return method(first)
 
 
 def _check_images(images: torch.Tensor, n: int) -> None:
@@ -69,28 +60,43 @@ def test_config_round_trips_through_json_dict(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_output_shapes(name):
+def test_each_capability_the_flags_promise_works_and_the_others_are_refused(name):
+    """The flags are the contract: what they promise gives finite images or codes of the right
+    shape, labels passed as the keyword; what they deny raises NotSupported, naming the flag."""
     model = _model(name).eval()
     x, y = _batch()
+    labels = y if model.conditional else None
     latent = model.config.latent_dim
     with torch.no_grad():
-        if hasattr(model, "encode"):
-            z = _call(model.encode, x, y)
+        _check_images(model.decode(torch.randn(BATCH, latent), labels=labels), BATCH)  # every model decodes
+        if model.can_encode:
+            z = model.encode(x, labels=labels)
             assert z.shape == (BATCH, latent) and torch.isfinite(z).all()
-        if hasattr(model, "decode"):
-            _check_images(_call(model.decode, torch.randn(BATCH, latent), y), BATCH)
-        if hasattr(model, "reconstruct"):
-            _check_images(_call(model.reconstruct, x, y), BATCH)
+            _check_images(model.reconstruct(x, labels=labels), BATCH)
+        else:
+            for method in (model.encode, model.reconstruct):
+                with pytest.raises(NotSupported, match="can_encode"):
+                    method(x)
+        if model.has_likelihood:
+            mu, logvar = model.encode_distribution(x, labels=labels)
+            assert mu.shape == logvar.shape == (BATCH, latent)
+            assert model.decode_logits(mu, labels=labels).shape == (BATCH, 1, 28, 28)
+        else:
+            with pytest.raises(NotSupported, match="has_likelihood"):
+                model.encode_distribution(x)
         if model.can_sample:
-            labels = torch.arange(5) % 10 if model.conditional else None
-            gen = torch.Generator().manual_seed(1)
-            first = model.sample(5, generator=gen, labels=labels)
+            sample_labels = torch.arange(5) % 10 if model.conditional else None
+            first = model.sample(5, generator=torch.Generator().manual_seed(1), labels=sample_labels)
             _check_images(first, 5)
-            again = model.sample(5, generator=torch.Generator().manual_seed(1), labels=labels)
+            again = model.sample(5, generator=torch.Generator().manual_seed(1), labels=sample_labels)
             torch.testing.assert_close(first, again, rtol=0, atol=0)  # the generator fixes the noise
         else:
-            with pytest.raises(NotImplementedError, match="cannot sample"):
+            with pytest.raises(NotSupported, match="can_sample"):
                 model.sample(5)
+    assert type(model).capabilities() == {
+        "can_encode": name in CAN_ENCODE, "can_sample": name in CAN_SAMPLE,
+        "has_likelihood": name in HAS_LIKELIHOOD, "conditional": name in CONDITIONAL,
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,7 +136,7 @@ def test_one_step_changes_exactly_that_phases_weights(name):
     model = _model(name).train()
     x, y = _batch()
     optimizers = {
-        phase: torch.optim.Adam(model.phase_parameters(phase), lr=model.default_lr, betas=model.adam_betas)
+        phase: torch.optim.Adam(model.phase_parameters(phase), lr=model.defaults(model.config)["lr"], betas=model.adam_betas)
         for phase in model.phases
     }
     cache: dict = {}

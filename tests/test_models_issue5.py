@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import synthetic_digits, tiny_train_config
+from conftest import fit_killed_after, synthetic_digits, tiny_train_config
 from genlab import fit, load_run
 from genlab.cli import build_parser, main
 from genlab.errors import GenlabError
@@ -24,7 +24,8 @@ from genlab.models.blocks import conv_decoder, conv_encoder
 from genlab.models.cgan import CGAN, CGANConfig
 from genlab.models.cvae import CVAE, CVAEConfig
 from genlab.models.dcgan import DCGAN, DCGANConfig
-from genlab.models.vae import ACTIVE_KL, VAE, VAEConfig
+from genlab.models.losses import ACTIVE_KL, kl_per_dimension
+from genlab.models.vae import VAE, VAEConfig
 from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
 
 NEW_MODELS = ("dcgan", "wgan_gp", "cvae", "cgan", "aae")
@@ -136,7 +137,7 @@ def test_kl_per_dimension_sums_to_the_kl_term():
     torch.manual_seed(0)
     model = VAE(VAEConfig(latent_dim=4, hidden_dims=(16,))).eval()
     x, y = _batch(30)
-    per_dim = model.kl_per_dimension(x, batch_size=7)  # uneven batches: the mean must still be exact
+    per_dim = kl_per_dimension(model, x, batch_size=7)  # uneven batches: the mean must still be exact
     assert per_dim.shape == (4,) and bool((per_dim >= 0).all())
     logs = model.eval_losses(x, y)
     assert float(per_dim.sum()) == pytest.approx(float(logs["kl"]), rel=1e-5)
@@ -152,7 +153,7 @@ def test_active_dims_counts_only_informative_dimensions():
         head.bias.zero_()
         head.bias[0] = 1.5  # μ0 = 1.5 for every image: KL = 1.5² / 2
     x, y = _batch()
-    per_dim = model.kl_per_dimension(x)
+    per_dim = kl_per_dimension(model, x)
     torch.testing.assert_close(per_dim, torch.tensor([1.125, 0.0]))
     assert float(model.eval_losses(x, y)["active_dims"]) == 1.0
     assert "active_dims" not in model.train().loss(x, y, "model", {}).logs  # the training step stays lean
@@ -256,7 +257,7 @@ def test_wgan_critic_loss_assembles_w_and_penalty():
     torch.manual_seed(1)  # the same noise and ε, by hand
     z = torch.randn(12, model.config.latent_dim)
     with torch.no_grad():
-        fake = model.generate(z)
+        fake = model.decode(z)
     eps = torch.rand(12)
     w = model.critic(x).mean() - model.critic(fake).mean()
     gp = gradient_penalty(model.critic, x, fake, eps)
@@ -360,7 +361,7 @@ def test_cvae_loss_pieces_and_label_free_helpers():
     with torch.no_grad():
         model.reconstruct(x)  # no labels: the encoder's own digit guess
         torch.testing.assert_close(seen[-1][:, -10:].argmax(1), model.classify(x))
-        model.reconstruct(x, y)
+        model.reconstruct(x, labels=y)
         torch.testing.assert_close(seen[-1][:, -10:].argmax(1), y)
         model.decode(torch.zeros(3, model.config.latent_dim))  # no labels: plot_digit
         assert seen[-1][:, -10:].argmax(1).tolist() == [model.config.plot_digit] * 3
@@ -401,7 +402,7 @@ def test_a_loop_step_changes_every_phase(name, tmp_path, tiny_bundle, monkeypatc
     monkeypatch.setattr(train_module, "build_model", lambda *a: built.append(original(*a)) or built[-1])
     torch.manual_seed(0)
     before = {n: p.detach().clone() for n, p in MODELS[name](MODELS[name].config_class()).named_parameters()}
-    fit(tiny_train_config(name, batch_size=16), None, tmp_path / name, data=tiny_bundle, progress=False, log=lambda _: None, stop_after_steps=1)
+    fit_killed_after(1, tiny_train_config(name, batch_size=16), None, tmp_path / name, data=tiny_bundle, progress=False, log=lambda _: None)
     after = dict(built[0].named_parameters())
     unchanged = [n for n, p in after.items() if torch.equal(before[n], p.detach())]
     assert not unchanged, f"{name}: one step left {unchanged[:3]} unchanged"
@@ -467,11 +468,11 @@ def test_activation_default_depends_on_model_and_arch():
     from genlab import TrainConfig
     from genlab.train import resolve_configs
 
-    assert VAEConfig(arch="conv").default_activation() == "silu"
-    assert CVAEConfig(arch="conv").default_activation() == "silu"
-    assert VAEConfig().default_activation() == "relu"
-    for config_class in (AEConfig, AAEConfig):
-        assert config_class(arch="conv").default_activation() == "relu"
+    assert VAE.defaults(VAEConfig(arch="conv"))["activation"] == "silu"
+    assert CVAE.defaults(CVAEConfig(arch="conv"))["activation"] == "silu"
+    assert VAE.defaults(VAEConfig())["activation"] == "relu"
+    for cls, config_class in ((AE, AEConfig), (AAE, AAEConfig)):
+        assert cls.defaults(config_class(arch="conv"))["activation"] == "relu"
     assert _activation_types(VAE(VAEConfig(arch="conv", latent_dim=4))) == {nn.SiLU}  # None: built with the default
     _, filled = resolve_configs(TrainConfig(model="vae"), VAEConfig(arch="conv"))
     assert filled.activation == "silu"

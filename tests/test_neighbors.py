@@ -100,7 +100,7 @@ def test_term_is_added_in_training_only_and_only_when_asked(cls, config_cls, wei
     x = _digits(40)
     plain = cls(config_cls(hidden_dims=(16,)))
     plain.prepare_training(x)
-    assert plain._neighbors is None
+    assert plain.neighbors.embedding is None
     assert "neighbor" not in plain.train().loss(x[:8], None, "model", {}).logs
 
     torch.manual_seed(0)
@@ -134,10 +134,9 @@ def test_bad_weight_is_refused(config_cls, value):
         config_cls(neighbor_weight=value).validate()
 
 
-def test_cvae_refuses_the_term_and_offers_no_option():
-    CVAEConfig().validate()
-    with pytest.raises(GenlabError, match="neighbor_weight is not available for cvae"):
-        CVAEConfig(neighbor_weight=1.0).validate()
+def test_cvae_has_no_term_and_offers_no_option():
+    """The CVAE's z holds style, the label gives the digit: the term would put the class back into z."""
+    assert "neighbor_weight" not in {f.name for f in dataclasses.fields(CVAEConfig)}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "cvae", "--neighbor-weight", "1"])
     args = build_parser().parse_args(["train", "vae", "--neighbor-weight", "10"])
@@ -148,16 +147,9 @@ def test_run_records_the_weight_and_logs_the_term(tmp_path, tiny_bundle):
     run_dir = fit(tiny_train_config("ae", epochs=1), AEConfig(hidden_dims=(16,), neighbor_weight=0.3), tmp_path / "ae", data=tiny_bundle, **QUIET)
     run = load_run(run_dir)
     assert run.model_config.neighbor_weight == 0.3
-    assert run.model._neighbors is None  # a loaded run has no graph: it is for training only
+    assert run.model.neighbors.embedding is None  # a loaded run has no graph: it is for training only
     row = read_metrics(run_dir)[-1]
     assert row["train"]["neighbor"] > 0 and "neighbor" not in row["test"]
-
-
-def test_old_runs_without_the_field_load_with_the_term_off():
-    from genlab.config import from_dict
-
-    old = {k: v for k, v in dataclasses.asdict(VAEConfig()).items() if k != "neighbor_weight"}
-    assert from_dict(VAEConfig, old, saved=True).neighbor_weight == 0.0
 
 
 def test_term_separates_2d_codes_of_real_digits(mnist_dir):

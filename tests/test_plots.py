@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import CAN_ENCODE, CAN_SAMPLE
 from genlab import MODELS, TrainConfig, load_run
 from genlab import plots
 from genlab.models.ae import AEConfig
@@ -21,14 +22,10 @@ NAMES = sorted(MODELS)
 
 def expected_figures(model) -> set[str]:
     names = {"losses"}
-    if hasattr(model, "reconstruct"):
-        names.add("reconstructions")
-    if hasattr(model, "encode"):
-        names |= {"latent_space", "manifold", "interpolation"}
-    if hasattr(model, "generate"):
-        names.add("interpolation")
-    if model.can_sample:
-        names.add("samples")
+    if model.name in CAN_ENCODE:
+        names |= {"reconstructions", "latent_space", "manifold", "interpolation"}
+    if model.name in CAN_SAMPLE:
+        names |= {"samples", "interpolation"}
     return names
 
 

@@ -1,6 +1,6 @@
 """Crash and resume, atomic writes and reproducibility (issue 4, items 1 and 2).
 
-A run stopped at any step — in process (`fit(..., stop_after_steps=k)`, which drops whatever was
+A run stopped at any step — in process (`fit_killed_after(k, ...)`, which drops whatever was
 not checkpointed, like a kill) or for real (SIGKILL, Ctrl-C to a `genlab` subprocess) — resumes
 from its last checkpoint and ends, on CPU, with weights bitwise identical to a run that was
 never stopped, and a metrics log with every epoch exactly once.
@@ -24,7 +24,7 @@ import torch
 
 import genlab.train as train_module
 import genlab.utils as utils_module
-from conftest import REPO_ROOT, tiny_train_config, write_idx_folder
+from conftest import REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
 from genlab import GenlabError, MODELS, fit, load_run
 from genlab.cli import main
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
@@ -114,10 +114,10 @@ def test_stopped_and_resumed_run_is_bitwise_identical(name, checkpoint_every, st
     name, _, option = name.partition("+")
     run_dir = tmp_path / name
     cfg = dict(checkpoint_every=checkpoint_every, **({option: True} if option else {}))
-    fit(train_config(name, **cfg), small_model(name), run_dir, data=tiny_bundle, stop_after_steps=stops[0], **QUIET)
+    fit_killed_after(stops[0], train_config(name, **cfg), small_model(name), run_dir, data=tiny_bundle, **QUIET)
     assert not (run_dir / WEIGHTS_FILE).exists()  # it really stopped before the end
     for k in stops[1:]:
-        fit(train_config(name, **cfg), None, run_dir, resume=True, data=tiny_bundle, stop_after_steps=k, **QUIET)
+        fit_killed_after(k, train_config(name, **cfg), None, run_dir, resume=True, data=tiny_bundle, **QUIET)
         assert not (run_dir / WEIGHTS_FILE).exists()
     lines = []
     fit(train_config(name, **cfg), None, run_dir, resume=True, data=tiny_bundle, progress=False, log=lines.append)
@@ -140,7 +140,7 @@ def test_run_with_the_neighbor_term_resumes_bitwise_identical(name, weight, tmp_
     model = lambda: dataclasses.replace(small_model(name), neighbor_weight=weight)  # noqa: E731 (fit fills it in)
     ref = fit(train_config(name), model(), tmp_path / "reference", data=tiny_bundle, **QUIET)
     run_dir = tmp_path / name
-    fit(train_config(name, checkpoint_every=3), model(), run_dir, data=tiny_bundle, stop_after_steps=11, **QUIET)
+    fit_killed_after(11, train_config(name, checkpoint_every=3), model(), run_dir, data=tiny_bundle, **QUIET)
     assert not (run_dir / WEIGHTS_FILE).exists()
     fit(train_config(name, checkpoint_every=3), None, run_dir, resume=True, data=tiny_bundle, **QUIET)
     assert_same_weights(run_dir, ref)
@@ -148,7 +148,7 @@ def test_run_with_the_neighbor_term_resumes_bitwise_identical(name, weight, tmp_
 
 
 def test_mid_epoch_checkpoint_is_written_every_n_steps(tmp_path, tiny_bundle):
-    run_dir = fit(train_config("ae", checkpoint_every=4), small_model("ae"), tmp_path / "ae", data=tiny_bundle, stop_after_steps=9, **QUIET)
+    run_dir = fit_killed_after(9, train_config("ae", checkpoint_every=4), small_model("ae"), tmp_path / "ae", data=tiny_bundle, **QUIET)
     loop = load_tensors(run_dir / CHECKPOINT_FILE)[1]["loop"]
     assert (loop["epoch"], loop["step"], loop["step_in_epoch"]) == (1, 8, 1)  # step 8 = epoch 2, batch 1
 
@@ -177,7 +177,7 @@ def test_kill_between_checkpoint_and_metrics_write_leaves_no_gap(tmp_path, tiny_
 
 
 def test_rows_written_after_the_checkpoint_are_not_duplicated(tmp_path, tiny_bundle):
-    run_dir = fit(train_config("ae", checkpoint_every=3), small_model("ae"), tmp_path / "ae", data=tiny_bundle, stop_after_steps=16, **QUIET)
+    run_dir = fit_killed_after(16, train_config("ae", checkpoint_every=3), small_model("ae"), tmp_path / "ae", data=tiny_bundle, **QUIET)
     # Last checkpoint: step 15, epoch 2 done. A log with a row the checkpoint does not know:
     rows = read_metrics(run_dir)
     assert len(rows) == 2
@@ -436,7 +436,7 @@ def test_lab_killed_mid_way_resumes_and_finishes_the_report(tmp_path, monkeypatc
     def killed_in_the_vae(train_config, model_config, run_dir, **kwargs):
         if train_config.model == "vae":
             train_config.checkpoint_every = 1  # saved in its config.json, so the resume keeps it
-            real_fit(train_config, model_config, run_dir, **dict(kwargs, stop_after_steps=2))
+            fit_killed_after(2, train_config, model_config, run_dir, **kwargs)
             raise SystemExit(137)  # the process dies mid-way through the second model
         return real_fit(train_config, model_config, run_dir, **kwargs)
 
@@ -516,13 +516,12 @@ def test_config_records_versions_device_data_and_the_resolved_config(tmp_path, t
     assert (info["data"]["n_train"], info["data"]["n_test"]) == (len(bundle.train_images), len(bundle.test_images))
     # fully resolved: every field present, the family defaults filled in (no None left)
     assert set(info["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert info["train"]["lr"] == MODELS["vae"].default_lr and info["train"]["epochs"] == 1
+    assert info["train"]["lr"] == MODELS["vae"].defaults(MODELS["vae"].config_class())["lr"] and info["train"]["epochs"] == 1
     assert info["train"]["data_dir"] == str(tiny_data_dir)
     assert set(info["model"]) == {f.name for f in dataclasses.fields(MODELS["vae"].config_class)}
     assert None not in info["model"].values()  # the arch-dependent activation is filled in too
     # and the record is enough to rebuild the run
-    expected = MODELS["vae"].config_class()
-    expected.fill_defaults()
+    expected = MODELS["vae"].resolved_config(MODELS["vae"].config_class())
     assert load_run(run_dir).model_config == expected and expected.activation == "relu"
 
 

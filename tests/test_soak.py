@@ -1,7 +1,7 @@
 """Long runs (issue 4, item 7): train, kill, resume, again and again.
 
 Small enough for CI (tens of seconds), marked slow. Two soaks:
-  - in process, a GAN stopped after a random number of steps (`stop_after_steps`, which drops
+  - in process, a GAN stopped after a random number of steps (`fit_killed_after`, which drops
     whatever was not checkpointed) and resumed, many times: the log must stay gapless after
     every stop, and the finished weights must equal an uninterrupted run's, bit for bit;
   - real processes, `genlab train ... --resume` killed with SIGKILL at random moments — during
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_train_config, write_idx_folder
+from conftest import REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
 from genlab import MODELS, fit
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
@@ -48,12 +48,12 @@ def test_soak_in_process_stop_and_resume(tmp_path, tiny_bundle):
     reference = fit(cfg(), model_config, tmp_path / "reference", data=tiny_bundle, **QUIET)
 
     run_dir, stops = tmp_path / "soak", 0
-    fit(cfg(), model_config, run_dir, data=tiny_bundle, stop_after_steps=rng.randint(1, 20), **QUIET)
+    fit_killed_after(rng.randint(1, 20), cfg(), model_config, run_dir, data=tiny_bundle, **QUIET)
     while not (run_dir / WEIGHTS_FILE).exists():
         stops += 1
         logged = epochs_logged(run_dir)
         assert logged == list(range(1, len(logged) + 1)), f"gap or duplicate after stop {stops}: {logged}"
-        fit(cfg(), None, run_dir, resume=True, data=tiny_bundle, stop_after_steps=rng.randint(1, 20), **QUIET)
+        fit_killed_after(rng.randint(1, 20), cfg(), None, run_dir, resume=True, data=tiny_bundle, **QUIET)
         assert stops < 200
     assert stops >= 8  # it really was stopped many times
     assert epochs_logged(run_dir) == list(range(1, epochs + 1))

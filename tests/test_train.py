@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import genlab.train as train_module
-from conftest import tiny_train_config
-from genlab import MODELS, fit, load_run
+from conftest import run_cli, tiny_train_config
+from genlab import MODELS, GenlabError, fit, load_run
 from genlab.data import DataBundle
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
@@ -71,7 +71,7 @@ def test_loop_writes_metrics_checkpoint_and_weights(name, tmp_path, small_bundle
 
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     assert config["train"]["model"] == name and config["train"]["epochs"] == 2
-    assert config["train"]["lr"] == MODELS[name].default_lr  # the family default, resolved
+    assert config["train"]["lr"] == MODELS[name].defaults(MODELS[name].config_class())["lr"]  # the model default, resolved
     assert config["data"]["n_train"] == N_SMALL and config["data"]["n_test"] == 20
     assert config["data"]["sha256"] == small_bundle.sha256
     _, meta = load_tensors(run_dir / CHECKPOINT_FILE)
@@ -93,7 +93,7 @@ def _assert_same_outputs(run_dir, trained, bundle) -> None:
         for key, saved in run.model.state_dict().items():
             assert torch.equal(saved, live[key]), key
         with torch.no_grad():
-            if hasattr(trained, "encode") and not trained.conditional:
+            if trained.can_encode and not trained.conditional:
                 torch.testing.assert_close(run.encode(x), trained.encode(x), rtol=0, atol=0)
                 z = torch.randn(8, trained.config.latent_dim)
                 torch.testing.assert_close(run.decode(z), trained.decode(z), rtol=0, atol=0)
@@ -200,20 +200,31 @@ def test_resume_without_new_epochs_keeps_a_finished_run(tmp_path, small_bundle):
     assert (run_dir / WEIGHTS_FILE).read_bytes() == weights
 
 
-def test_a_run_saved_before_a_new_option_keeps_training_as_it_did(tmp_path, small_bundle):
-    """config.json of an older genlab lacks fields added since: they read as the behaviour the
-    run had (no input noise, test curves on the whole split), not as today's defaults."""
+def test_a_config_lacking_a_field_is_refused_not_filled_with_todays_default(tmp_path, small_bundle):
+    """A field a saved config.json lacks would silently take today's default and change how the
+    run trains or rebuilds: it is refused, naming the field."""
     from genlab.runs import read_config
 
     run_dir = fit(tiny_train_config("ae"), None, tmp_path / "ae", data=small_bundle, **QUIET)
     path = run_dir / CONFIG_FILE
     saved = json.loads(path.read_text())
-    assert saved["model"]["input_noise"] == 0.5 and saved["train"]["epoch_eval_images"] == 2000
-    del saved["model"]["input_noise"], saved["train"]["epoch_eval_images"]
+    del saved["model"]["input_noise"]
     path.write_text(json.dumps(saved))
-    train_cfg, model_cfg, _ = read_config(run_dir)
-    assert model_cfg.input_noise == 0.0 and train_cfg.epoch_eval_images == 0
-    assert MODELS["ae"].config_class().input_noise == 0.5  # a new run still gets the default
+    with pytest.raises(GenlabError, match="missing field.*input_noise"):
+        read_config(run_dir)
+
+
+def test_a_run_folder_of_another_format_is_refused_with_what_to_do(tmp_path, small_bundle):
+    from genlab.runs import FORMAT_VERSION
+
+    run_dir = fit(tiny_train_config("ae"), None, tmp_path / "ae", data=small_bundle, **QUIET)
+    path = run_dir / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    saved["format_version"] = FORMAT_VERSION - 1
+    path.write_text(json.dumps(saved))
+    code, _, err = run_cli("sample", run_dir, "-n", "4", "-o", tmp_path / "s.npy")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"format {FORMAT_VERSION - 1}" in err and f"reads format {FORMAT_VERSION}" in err and "retrain" in err
 
 
 def test_training_defaults_follow_the_model_config():
@@ -224,37 +235,8 @@ def test_training_defaults_follow_the_model_config():
 
     vae = MODELS["vae"]
     mlp, _ = resolve_configs(TrainConfig(model="vae"), vae.config_class())
-    assert (mlp.lr, mlp.batch_size, mlp.epochs) == (vae.default_lr, vae.default_batch_size, vae.default_epochs)
+    assert (mlp.lr, mlp.batch_size, mlp.epochs) == (1e-3, 32, 35)
     conv, _ = resolve_configs(TrainConfig(model="vae"), vae.config_class(arch="conv"))
-    assert (conv.lr, conv.batch_size) == (2e-3, 64) and conv.epochs == vae.default_epochs
+    assert (conv.lr, conv.batch_size, conv.epochs) == (2e-3, 64, 35)
     mine, _ = resolve_configs(TrainConfig(model="vae", lr=5e-4, batch_size=16), vae.config_class(arch="conv"))
     assert (mine.lr, mine.batch_size) == (5e-4, 16)
-
-
-def test_a_conv_run_saved_before_the_kernel_option_loads_with_kernel_4(tmp_path, small_bundle):
-    from genlab.runs import read_config
-
-    run_dir = fit(tiny_train_config("vae"), MODELS["vae"].config_class(arch="conv", kernel=4), tmp_path / "v", data=small_bundle, **QUIET)
-    path = run_dir / CONFIG_FILE
-    saved = json.loads(path.read_text())
-    del saved["model"]["kernel"]
-    path.write_text(json.dumps(saved))
-    assert read_config(run_dir)[1].kernel == 4
-    run = load_run(run_dir)  # the kernel-4 weights fit the model built from the old config
-    assert run.model.encoder[0][0].kernel_size == (4, 4)
-
-
-def test_a_conv_vae_saved_before_the_activation_option_loads_with_relu(tmp_path, small_bundle):
-    """Runs trained before `activation` existed used ReLU: an old config.json without the field
-    must rebuild those networks, not today's SiLU default of the conv VAE."""
-    from genlab.runs import read_config
-
-    run_dir = fit(tiny_train_config("vae"), MODELS["vae"].config_class(arch="conv", activation="relu"), tmp_path / "v", data=small_bundle, **QUIET)
-    path = run_dir / CONFIG_FILE
-    saved = json.loads(path.read_text())
-    assert saved["model"]["activation"] == "relu"
-    del saved["model"]["activation"]
-    path.write_text(json.dumps(saved))
-    assert read_config(run_dir)[1].activation == "relu"
-    run = load_run(run_dir)
-    assert not any(isinstance(m, torch.nn.SiLU) for m in run.model.modules())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TrainConfig, choices
 from .errors import GenlabError
 
 EXIT_USAGE = 2
@@ -72,7 +72,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         # None: the field's comment says what it means (the model's own default, GENLAB_DATA, ...)
         help_text = helps.get(f.name, "") + ("" if default is None else f" (default: {default})")
-        if hint is bool:
+        if choices(hint):
+            parser.add_argument(flag, choices=choices(hint), default=None, help=help_text)
+        elif hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:
             item = next(a for a in typing.get_args(hint) if a is not Ellipsis)
@@ -144,7 +146,7 @@ def _over_test_set(run, fn, batch: int = 1000):
 
 
 def _require_unconditional_vae(run, what: str) -> None:
-    if not hasattr(run.model, "encode_distribution") or run.model.conditional:
+    if not run.model.has_likelihood or run.model.conditional:
         raise GenlabError(f"{what} needs a vae run (model '{run.name}' has no posterior q(z|x) under an unconditional prior)")
 
 
@@ -208,7 +210,7 @@ def cmd_encode(args) -> None:
 
     target = _output_file(args.output, (".npz",))
     run = _open_run(args)
-    if not hasattr(run.model, "encode"):
+    if not run.model.can_encode:
         raise GenlabError(f"model '{run.name}' has no encoder; encode needs an ae or vae run")
     z, y = _over_test_set(run, run.encode)
     buffer = io.BytesIO()
@@ -220,7 +222,7 @@ def cmd_encode(args) -> None:
 def cmd_reconstruct(args) -> None:
     target = _output_file(args.output, IMAGE_SUFFIXES)
     run = _open_run(args)
-    if not hasattr(run.model, "reconstruct"):
+    if not run.model.can_encode:
         raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
     recon, _ = _over_test_set(run, run.reconstruct)
     recon = recon.squeeze(1).astype(np.float32)
@@ -344,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         add_dataclass_options(p, TrainConfig, skip=("model", "data_dir"))
         p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
-        add_dataclass_options(p, cls.config_class, skip=cls.config_class.NOT_OPTIONS)
+        add_dataclass_options(p, cls.config_class)
         p.add_argument("--out", metavar="RUN_DIR", help=f"run folder (default: runs/{name})")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

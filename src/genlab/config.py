@@ -38,30 +38,18 @@ def check_fraction(name: str, value: float, upper: float) -> None:
 class ModelConfig:
     """Fields every model has; each model family subclasses this with its own fields."""
 
-    # Fields added after runs were saved without them, with the value that reproduces how those
-    # runs trained (a new default can differ: the AE's input noise is 0.5 now, 0 before it).
-    # Used when a saved config.json is read, so resuming an old run does not change its training.
-    ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {}
-    # Inherited fields that this family refuses to change (validate() says why): `genlab train`
-    # offers no --option for them.
-    NOT_OPTIONS: typing.ClassVar[tuple[str, ...]] = ()
-
     latent_dim: int = 2  # size of the code z; 2 lets us draw the latent space directly
 
     def validate(self) -> None:
+        check_choices(self)
         if self.latent_dim < 1:
             raise GenlabError(f"latent_dim must be at least 1, got {self.latent_dim}")
-
-    def fill_defaults(self) -> None:
-        """Set the fields left None whose default depends on other fields (the autoencoders'
-        activation depends on the arch), so that config.json records what the run trained with."""
 
 
 @dataclass
 class TrainConfig:
-    """The training loop's knobs. None means: the model family's own default."""
-
-    ABSENT_IN_OLDER_RUNS: typing.ClassVar[dict] = {"epoch_eval_images": 0}  # see ModelConfig's
+    """The training loop's knobs. None means: the model's own default (`GenerativeModel.defaults`),
+    filled in when the run starts."""
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
     epochs: int | None = None  # passes over the training split (default: the model's own)
@@ -100,18 +88,34 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls, data: dict, where: str = "config", saved: bool = False):
-    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type.
-    `saved`: `data` comes from a run folder, where a field it lacks takes the value the run
-    trained with (`ABSENT_IN_OLDER_RUNS`), not today's default."""
+def choices(hint) -> tuple | None:
+    """The allowed values of a choice field (`Literal[...]`, optionally `| None`), else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+
+
+def check_choices(config) -> None:
+    """Every choice field of a config dataclass holds one of its values (None where allowed)."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        allowed = choices(hint)
+        value = getattr(config, name, None)
+        if allowed and value is not None and value not in allowed:
+            raise GenlabError(f"{name} must be one of {', '.join(map(str, allowed))}, got '{value}'")
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass `cls` from `data` (a saved, fully resolved config), refusing unknown or
+    missing keys and values of the wrong type: a field is never silently given today's default."""
     if not isinstance(data, dict):
         raise GenlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    if saved:
-        data = {**getattr(cls, "ABSENT_IN_OLDER_RUNS", {}), **data}
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise GenlabError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    missing = sorted(set(known) - set(data))
+    if missing:
+        raise GenlabError(f"{where}: missing field(s) {', '.join(missing)} for {cls.__name__}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
@@ -122,8 +126,10 @@ def from_dict(cls, data: dict, where: str = "config", saved: bool = False):
 
 
 def _check_type(value, hint, where: str):
-    """Accept `value` if it fits the annotation `hint` (int, float, str, bool, X | None, tuple)."""
+    """Accept `value` if it fits the annotation `hint` (int, float, str, bool, Literal, X | None, tuple)."""
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:  # which value is checked by check_choices, with the field's name
+        hint = type(typing.get_args(hint)[0])
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             if option is type(None) and value is None:

@@ -17,7 +17,6 @@ with private torch.Generators, so evaluating a run twice gives the same numbers.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError
+from .models.losses import gaussian_kl
 from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
@@ -244,8 +244,7 @@ def importance_weighted_bounds(
             eps = torch.randn(kc, *mu.shape, generator=generator, device=mu.device)  # (kc, B, D)
             z = mu + std * eps
             z_rows = z.reshape(-1, z.shape[-1])  # (kc·B, D), sample-major
-            extra = {} if yb is None else {"labels": yb.repeat(kc)}
-            logits = model.decode_logits(z_rows, **extra).view(kc, len(xb), *xb.shape[1:])
+            logits = model.decode_logits(z_rows, labels=None if yb is None else yb.repeat(kc)).view(kc, len(xb), *xb.shape[1:])
             log_px_z = bernoulli_log_likelihood(logits, xb)  # (kc, B)
             # log q(z|x) for z = μ + σ ε: N(ε; 0, I) density with the Jacobian 1/σ
             log_q = _standard_normal_log_density(eps) - 0.5 * logvar.sum(-1)
@@ -253,7 +252,7 @@ def importance_weighted_bounds(
             recon += log_px_z.sum(0)
         log_w = torch.cat(log_w)  # (K, B)
         if prior_log_prob is None:
-            kl_b = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+            kl_b = gaussian_kl(mu, logvar).sum(-1)
         else:  # Monte Carlo: KL = E_q[log q(z|x) − log p(z)] = mean log p(x|z) − mean log w
             kl_b = recon / k - log_w.mean(0)
         elbo.append(recon / k - kl_b)
@@ -347,19 +346,12 @@ def _write_cached(path: Path, ref: RealFeatures) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _accepts_labels(fn) -> str | None:
-    """The name of `fn`'s label parameter ('labels' or 'y'), if it has one (conditional models)."""
-    params = inspect.signature(fn).parameters
-    return next((name for name in ("labels", "y") if name in params), None)
-
-
 def _batched(fn, x: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-    """fn over x in batches (with the labels when fn takes them), concatenated on the CPU."""
-    label_arg = _accepts_labels(fn) if y is not None else None
+    """fn(x, labels=y) over x in batches (y None: unconditional), concatenated on the CPU."""
     out = []
     for start in range(0, len(x), batch_size):
-        kwargs = {label_arg: y[start : start + batch_size]} if label_arg else {}
-        out.append(fn(x[start : start + batch_size], **kwargs).float().cpu())
+        labels = None if y is None else y[start : start + batch_size]
+        out.append(fn(x[start : start + batch_size], labels=labels).float().cpu())
     return torch.cat(out)
 
 
@@ -414,12 +406,12 @@ def evaluate_run(
         )
     seconds: dict[str, float] = {}
     classifier_info: dict = {}
-    is_autoencoder = hasattr(model, "reconstruct") and hasattr(model, "encode")
+    given = y_test if model.conditional else None  # a conditional model is told each test digit's label
     labels_for = (lambda n: torch.arange(n, device=device) % NUM_CLASSES) if model.conditional else None
 
-    if is_autoencoder:
+    if model.can_encode:
         t = time.perf_counter()
-        x_hat = _batched(model.reconstruct, x_test, y_test, batch_size)
+        x_hat = _batched(model.reconstruct, x_test, given, batch_size)
         mse, bce = reconstruction_errors(x_hat, x_test.cpu())
         metrics["recon_mse_per_pixel"] = float(mse.mean())
         metrics["recon_bce_per_image"] = float(bce.mean())
@@ -432,20 +424,19 @@ def evaluate_run(
         x_train, y_train = data.tensors("train", device)
         if binarized:
             x_train = fixed_binarization(x_train)
-        z_train = _batched(model.encode, x_train, y_train, batch_size)
-        z_test = _batched(model.encode, x_test, y_test, batch_size)
+        z_train = _batched(model.encode, x_train, y_train if model.conditional else None, batch_size)
+        z_test = _batched(model.encode, x_test, given, batch_size)
         metrics[f"knn{KNN_NEIGHBOURS}_accuracy"] = knn_accuracy(z_train, y_train.cpu(), z_test, y_test.cpu(), KNN_NEIGHBOURS)
         notes.append(
             f"knn{KNN_NEIGHBOURS}_accuracy: a {KNN_NEIGHBOURS}-nearest-neighbour vote (Euclidean) fit on the latents of the "
             f"{len(x_train)} training digits, scored on the latents of the test digits (a VAE's latent is its posterior mean)."
         )
-        if y_test is not None and _accepts_labels(model.reconstruct):
+        if model.conditional:
             notes.append("The model is conditional: its reconstructions are decoded with each test digit's true label.")
         seconds["reconstruction"] = time.perf_counter() - t
 
-    if hasattr(model, "encode_distribution") and hasattr(model, "decode_logits"):
+    if model.has_likelihood:
         t = time.perf_counter()
-        given = y_test if _accepts_labels(model.decode_logits) == "labels" else None
         prior_log_prob = None if prior is None else prior.to(device).log_prob
         elbo, kl, iwae = importance_weighted_bounds(
             model, x_test, iw_samples, make_generator(seed + 1, device), given, prior_log_prob=prior_log_prob

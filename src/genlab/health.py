@@ -64,7 +64,5 @@ def epoch_health(
                 f"sample diversity fell to {diversity:.3g} from {max(earlier):.3g} earlier: the samples look more and more "
                 "alike (mode collapse?); look at the samples figure, try a lower --lr or fewer epochs"
             )
-    model_checks = getattr(model, "health_warnings", None)
-    if callable(model_checks):
-        warnings.extend(model_checks(train_logs))
+    warnings.extend(model.health_warnings(train_logs))
     return health, warnings

@@ -163,7 +163,7 @@ def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, s
     VAE); for a model without an encoder, between pairs of noise vectors."""
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # (steps, 1)
     lines = []
-    if run.model.has_encoder():
+    if run.model.can_encode:
         labels = y.cpu().numpy()
         gen = np.random.default_rng(seed)
         pairs = []
@@ -180,8 +180,7 @@ def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, s
         for _ in range(rows):
             za, zb = torch.randn(2, run.model.config.latent_dim, generator=gen)
             z = ((1 - t) * za + t * zb).to(run.device)
-            with torch.inference_mode():
-                lines.append(run.model.generate(z).cpu())
+            lines.append(run.decode(z))
         title = f"{run.name}: interpolation between two noise vectors"
     grid = tile(torch.cat(lines).numpy(), rows, steps)
     return _image_figure(grid, title, path)
@@ -226,14 +225,13 @@ def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_poin
     out.mkdir(exist_ok=True)
     figures: dict[str, Path] = {}
     model = run.model
-    if hasattr(model, "reconstruct"):
+    if model.can_encode:
         figures["reconstructions"] = plot_reconstructions(run, x, out / "reconstructions.png")
-    if hasattr(model, "encode"):
         figures["latent_space"] = plot_latent_space(run, x, y, out / "latent_space.png", data.class_names)
         figures["manifold"] = plot_manifold(run, x, out / "manifold.png")
     if model.can_sample:
         figures["samples"] = plot_samples(run, out / "samples.png", seed=seed, class_names=data.class_names)
-    if hasattr(model, "encode") or hasattr(model, "generate"):
+    if model.can_encode or model.can_sample:
         figures["interpolation"] = plot_interpolation(run, x, y, out / "interpolation.png", seed=seed)
     if run.metrics:
         figures["losses"] = plot_losses(run, out / "losses.png")

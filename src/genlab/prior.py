@@ -9,10 +9,8 @@ the samples where the decoder was trained. It is also a valid prior for the like
 `genlab eval RUN --prior gmm` scores the same decoder with p(z) = the mixture, and since the
 mixture is fitted to the training codes it usually bounds log p(x) higher, not lower.
 
-Measured (16-D Bernoulli VAEs, benchmarks/README.md, section 3): test FID of the samples
-124.6 -> 34.2 (MLP, ReLU), 146.9 -> 39.0 (conv, ReLU) and 115.0 -> 22.5 (conv, SiLU), with a
-1-3 nats better IWAE bound. The file is
-`RUN/prior.safetensors`.
+What it gains on the 16-D Bernoulli VAEs is measured in benchmarks/README.md section 3. The
+file is `RUN/prior.safetensors`.
 """
 
 from __future__ import annotations
@@ -24,9 +22,10 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from .errors import GenlabError, RunFolderError
+from .models.losses import reparameterize
 from .runs import PRIOR_FILE, load_tensors, save_tensors
 
-DEFAULT_COMPONENTS = 50  # measured: 10 components FID 55, 50 components 37 (validation, 16-D VAE)
+DEFAULT_COMPONENTS = 50  # chosen on the validation split over 10 (benchmarks/README.md section 3)
 CODE_DRAWS = 4  # codes z ~ q(z|x) drawn per training image for the fit: the posterior's spread, not just its mean
 
 
@@ -87,7 +86,7 @@ def posterior_codes(model, x: torch.Tensor, draws: int = CODE_DRAWS, seed: int =
     for start in range(0, len(x), batch_size):
         mu, logvar = model.encode_distribution(x[start : start + batch_size])
         for _ in range(draws):
-            codes.append(mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, device=mu.device))
+            codes.append(reparameterize(mu, logvar, generator))
     return torch.cat(codes)
 
 

@@ -42,7 +42,9 @@ EVAL_FILE = "eval.json"  # written by `genlab eval` and `genlab lab` (genlab.eva
 PRIOR_FILE = "prior.safetensors"  # genlab.prior
 PRIOR_EVAL_FILE = "eval-gmm.json"  # `genlab eval --prior gmm`
 FIGURES_DIR = "figures"
-FORMAT_VERSION = 1  # bump when the layout of a run folder changes incompatibly
+# Bump when a run folder's files change incompatibly; a folder of another version is refused
+# (no compatibility layer before a release: such a run is retrained).
+FORMAT_VERSION = 2
 
 
 def versions() -> dict[str, str]:
@@ -101,14 +103,19 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict) or not isinstance(raw.get("model"), dict):
+    if not isinstance(raw, dict):
         raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise RunFolderError(f"{path}: run folder format {raw.get('format_version')!r}, this genlab reads {FORMAT_VERSION}")
+        raise RunFolderError(
+            f"{path}: run folder format {raw.get('format_version')!r}, this genlab reads format {FORMAT_VERSION} only: "
+            f"retrain the run with this genlab (genlab train ... --overwrite)"
+        )
+    if not isinstance(raw.get("train"), dict) or not isinstance(raw.get("model"), dict):
+        raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
     try:
-        train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train", saved=True)
+        train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train")
         model_cls = get_model_class(train_config.model)
-        model_config = from_dict(model_cls.config_class, raw["model"], where=f"{path}: model", saved=True)
+        model_config = from_dict(model_cls.config_class, raw["model"], where=f"{path}: model")
     except RunFolderError:
         raise
     except Exception as e:  # GenlabError from validation: re-raised as a run-folder problem
@@ -245,6 +252,9 @@ class Run:
             x = x.unsqueeze(1)
         return x.to(self.device)
 
+    def _labels(self, labels) -> torch.Tensor | None:
+        return None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
+
     @torch.inference_mode()
     def sample(self, n: int, seed: int = 0, labels=None, prior=None) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
@@ -252,28 +262,21 @@ class Run:
         gen = make_generator(seed, self.device)
         if prior is not None:
             return self.decode(prior.to(self.device).sample(n, generator=gen))
-        if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        return self.model.sample(n, generator=gen, labels=labels).cpu()
+        return self.model.sample(n, generator=gen, labels=self._labels(labels)).cpu()
 
     @torch.inference_mode()
-    def encode(self, x) -> torch.Tensor:
-        self._require("encode")
-        return self.model.encode(self._to_model(x)).cpu()
+    def encode(self, x, labels=None) -> torch.Tensor:
+        return self.model.encode(self._to_model(x), labels=self._labels(labels)).cpu()
 
     @torch.inference_mode()
-    def decode(self, z) -> torch.Tensor:
-        self._require("decode")
-        return self.model.decode(torch.as_tensor(z, dtype=torch.float32, device=self.device)).cpu()
+    def decode(self, z, labels=None) -> torch.Tensor:
+        """Codes or noise (B, latent_dim) -> images (B, 1, 28, 28): the decoder, or a GAN's generator."""
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        return self.model.decode(z, labels=self._labels(labels)).cpu()
 
     @torch.inference_mode()
-    def reconstruct(self, x) -> torch.Tensor:
-        self._require("reconstruct")
-        return self.model.reconstruct(self._to_model(x)).cpu()
-
-    def _require(self, method: str) -> None:
-        if not hasattr(self.model, method):
-            raise RunFolderError(f"model '{self.name}' has no {method}(): it is not an autoencoder")
+    def reconstruct(self, x, labels=None) -> torch.Tensor:
+        return self.model.reconstruct(self._to_model(x), labels=self._labels(labels)).cpu()
 
 
 def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final") -> Run:

@@ -1,10 +1,10 @@
 """The one training loop, for every model: data on the device, phases in order, checkpoints.
 
-Read `fit` top to bottom: it checks the run folder, configs, data and checkpoint before it
-writes anything, builds the model and one Adam optimizer per phase (one for an AE/VAE, two for
-a GAN), then for each epoch shuffles the training images by index, steps every phase on every
-batch, evaluates the test split and the run's health (`health.py`), appends a metrics row and
-saves a checkpoint. The model computes its own losses; the loop never asks what it trains.
+Read `fit` top to bottom: `_prepare` checks the run folder, configs, data and checkpoint before it
+writes anything and builds a `Training` (the model, one Adam optimizer per phase, the data, where
+the loop is); then each epoch `_train_epoch` steps every phase on every batch (`_train_step`) and
+`_end_epoch` evaluates the test split and the run's health (`health.py`), appends a metrics row
+and saves a checkpoint. The model computes its own losses; the loop never asks what it trains.
 
 Speed: the whole split lives on the device as one float tensor and batches are index slices;
 logged values are summed as tensors and read back (one host sync) only every `SYNC_EVERY` steps,
@@ -21,12 +21,13 @@ the next batch boundary after saving one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +52,6 @@ from .runs import (
     load_state_into,
     load_tensors,
     read_config,
-    read_metrics,
     require_training_data,
     save_tensors,
     save_weights,
@@ -63,20 +63,20 @@ from .utils import TMP_SUFFIX, pick_device, seed_everything
 
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 WRITE_PROBE = ".genlab-write-test"  # an empty file made and removed to test that the folder is writable
 
 
 def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[TrainConfig, ModelConfig]:
-    """Fill the model family's defaults (epochs, lr, batch size) and validate both configs."""
+    """Validate both configs and fill what they leave None from the model's `defaults`."""
     model_cls = get_model_class(train_config.model)
     model_config = model_config if model_config is not None else model_cls.config_class()
     if not isinstance(model_config, model_cls.config_class):
         raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
-    model_config.validate()  # the defaults below may read it
-    model_config.fill_defaults()
-    for name, value in model_cls.training_defaults(model_config).items():
-        if getattr(train_config, name) is None:
-            setattr(train_config, name, value)
+    model_config = model_cls.resolved_config(model_config)
+    train_config = dataclasses.replace(
+        train_config, **{k: v for k, v in model_cls.defaults(model_config).items() if k in TRAIN_FIELDS and getattr(train_config, k) is None}
+    )
     train_config.validate()
     return train_config, model_config
 
@@ -90,6 +90,244 @@ class LoopState:
     step_in_epoch: int = 0  # batches done in the current, unfinished epoch
     epoch_seconds: float = 0.0  # training seconds spent in the current epoch so far
     seed: int = 0
+
+
+@dataclass
+class Training:
+    """Everything one `fit` call works on; the loop's functions read and update it."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    model: GenerativeModel
+    optimizers: dict[str, torch.optim.Optimizer]
+    loss_fn: Callable  # model.loss, or its torch.compile'd version
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    phase_params: dict[str, set[int]]  # ids of the parameters each phase's optimizer owns
+    shuffle_gen: torch.Generator
+    epoch_start_shuffle: torch.Tensor  # the shuffle RNG state at the current epoch's start
+    state: LoopState
+    running: dict[str, torch.Tensor]  # sums of the logged values over the epoch so far
+    metrics_rows: list[dict]
+    recent: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, loss or grad norm) since the last sync
+    steps_this_call: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+
+# Tests end a `fit` call after this many optimizer steps, as if the process were killed there
+# (what was not checkpointed is lost); None in normal use. tests/conftest.py's `fit_killed_after`.
+_kill_after_steps: int | None = None
+
+
+def fit(
+    train_config: TrainConfig,
+    model_config: ModelConfig | None = None,
+    run_dir: str | Path = "runs/run",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataBundle | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring."""
+    t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log)
+    interrupted = _InterruptFlag()
+    try:
+        while t.state.epoch < t.cfg.epochs:
+            if not _train_epoch(t, interrupted, progress):
+                return t.run_dir  # killed in a test: nothing more is written
+            row, warnings = _end_epoch(t)
+            log(_epoch_line(t.model.name, row, t.cfg.epochs))
+            for warning in warnings:
+                log(f"warning: {warning}")
+            if interrupted.is_set and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
+                raise _interrupted(t.state, t.run_dir)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
+    finally:
+        interrupted.restore()
+    save_weights(t.run_dir, t.model)
+    return t.run_dir
+
+
+def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log) -> Training:
+    """Check the folder, configs, data and checkpoint, build the model and its optimizers, and
+    only then create (or clear) the folder and write config.json: a refused run writes nothing."""
+    resumable = _check_run_dir(run_dir, resume, overwrite)
+    if resume and not resumable:
+        log(f"nothing to resume in {run_dir} yet: starting the run")
+    resume = resumable
+    saved_info: dict = {}
+    if resume:
+        # The saved config wins: a resumed run continues exactly what was started.
+        saved_train, model_config, saved_info = read_config(run_dir)
+        if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
+            saved_train.epochs = train_config.epochs  # allow extending a finished run
+        saved_train.validate()
+        train_config = saved_train
+    cfg, model_config = resolve_configs(train_config, model_config)
+    device = pick_device(cfg.device)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        for note in data.notes:
+            log(f"data: {note}")
+    if resume:  # a resumed run must see the data it started with, or it would not be the same run
+        require_training_data(run_dir, saved_info, data, "resume with the same data (--data DIR or GENLAB_DATA)")
+    x_train, y_train, x_test, y_test = _training_tensors(data, cfg, device)
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg, model_config).to(device)
+    model.prepare_training(x_train)
+    optimizers = _optimizers(model, cfg, device)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
+    t = Training(
+        run_dir, cfg, model, optimizers, torch.compile(model.loss) if cfg.compile else model.loss,
+        x_train, y_train, x_test, y_test, phase_params, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
+    )
+    if resume and (run_dir / CHECKPOINT_FILE).is_file():
+        _load_checkpoint(t)
+        log(f"resuming {run_dir} at epoch {t.state.epoch + 1}, step {t.state.step}")
+
+    _prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        # The checkpoint's rows are the log: a row written after it (or lost before it) is
+        # put right now, so metrics.jsonl never has gaps or duplicates.
+        write_metrics(run_dir, t.metrics_rows)
+    if not resume:
+        info = {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in model.parameters())}
+        write_config(run_dir, cfg, model_config, info)
+    elif saved_info["train"].get("epochs") != cfg.epochs:  # extended: record the new length
+        write_config(run_dir, cfg, model_config, {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")})
+    model.train()
+    return t
+
+
+def _training_tensors(data: DataBundle, cfg: TrainConfig, device: torch.device):
+    """(x_train, y_train, x_test, y_test) on the device; the test split is the per-epoch subset."""
+    x_train, y_train = data.tensors("train", device)
+    x_test, y_test = data.tensors("test", device)
+    if cfg.binarize:  # the same binary test digits as `genlab eval` scores
+        x_test = fixed_binarization(x_test)
+    if cfg.epoch_eval_images:  # the per-epoch loss curves' subset; see TrainConfig
+        x_test, y_test = x_test[: cfg.epoch_eval_images], y_test[: cfg.epoch_eval_images]
+    if cfg.batch_size > len(x_train):
+        raise GenlabError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} training images")
+    return x_train, y_train, x_test, y_test
+
+
+def _epoch_order(t: Training) -> torch.Tensor:
+    """The epoch's permutation of the training images: a pure function of the shuffle RNG state
+    at the epoch's start, so a resumed epoch sees the same batches in the same order."""
+    t.shuffle_gen.set_state(t.epoch_start_shuffle)
+    return torch.randperm(len(t.x_train), generator=t.shuffle_gen).to(t.device)
+
+
+def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bool:
+    """The rest of the current epoch's batches; False if a test's kill point was reached."""
+    cfg, state = t.cfg, t.state
+    order = _epoch_order(t)
+    # One gather per epoch, so every batch below is a contiguous slice (no per-step copy).
+    x_epoch, y_epoch = t.x_train[order], t.y_train[order]
+    n_batches = math.ceil(len(t.x_train) / cfg.batch_size)
+    bar = tqdm(
+        total=n_batches, initial=state.step_in_epoch, desc=f"{t.model.name} epoch {state.epoch + 1}/{cfg.epochs}",
+        disable=not progress, leave=False, dynamic_ncols=True,
+    )
+    t0 = time.perf_counter()
+    for batch_index in range(state.step_in_epoch, n_batches):
+        batch = slice(batch_index * cfg.batch_size, (batch_index + 1) * cfg.batch_size)
+        _train_step(t, x_epoch[batch], y_epoch[batch])
+        bar.update(1)
+        last = batch_index == n_batches - 1
+        if state.step % SYNC_EVERY == 0 or last:
+            _check_finite(t)
+            if progress:
+                n = float(t.running["_n"])
+                bar.set_postfix({k: f"{float(v) / n:.4g}" for k, v in t.running.items() if k != "_n"})
+        if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last) or interrupted.is_set:
+            _check_finite(t)
+            state.epoch_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _save_checkpoint(t)
+            if interrupted.is_set:
+                bar.close()
+                raise _interrupted(state, t.run_dir)
+        if _kill_after_steps is not None and t.steps_this_call >= _kill_after_steps:
+            bar.close()
+            return False
+    bar.close()
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+    state.epoch_seconds += time.perf_counter() - t0
+    return True
+
+
+def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """One batch: every phase in order, each stepping its own optimizer; logs summed in `running`."""
+    if t.cfg.binarize:  # a fresh draw per step (dynamic binarisation): the global RNG, checkpointed
+        xb = binarize(xb)
+    model, step = t.model, t.state.step + 1
+    cache: dict = {}
+    for phase in model.phases:
+        if len(model.phases) > 1:  # no gradients for the other players' weights
+            for p in model.parameters():
+                p.requires_grad_(id(p) in t.phase_params[phase])
+        out = t.loss_fn(xb, yb, phase, cache)
+        optimizer = t.optimizers[phase]
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if t.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), t.cfg.grad_clip)
+            t.recent.append((step, grad_norm.detach()))
+        optimizer.step()
+        t.recent.append((step, out.loss.detach()))
+        for key, value in out.logs.items():
+            t.running[key] = t.running.get(key, 0) + value.detach() * len(xb)
+    t.running["_n"] = t.running.get("_n", 0) + torch.tensor(float(len(xb)), device=xb.device)
+    t.state.step = step
+    t.state.step_in_epoch += 1
+    t.steps_this_call += 1
+
+
+def _end_epoch(t: Training) -> tuple[dict, list[str]]:
+    """Test losses, health checks and the metrics row of the epoch just trained; then the
+    checkpoint and the metrics log. Returns the row and its warnings."""
+    state = t.state
+    n_seen = float(t.running.pop("_n"))
+    train_logs = {k: float(v) / n_seen for k, v in t.running.items()}
+    t_eval = time.perf_counter()
+    test_logs = evaluate_split(t.model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
+    health, warnings = epoch_health(t.model, train_logs, t.metrics_rows, t.cfg.seed)
+    row = {
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "seconds": round(state.epoch_seconds, 4),
+        "eval_seconds": round(time.perf_counter() - t_eval, 4),
+        "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
+        "train": train_logs,
+        "test": test_logs,
+        "health": health,
+    }
+    if warnings:
+        row["warnings"] = warnings  # shown by report.html
+    t.metrics_rows.append(row)
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.epoch_seconds = 0.0
+    t.running = {}
+    t.epoch_start_shuffle = t.shuffle_gen.get_state()  # after this epoch's permutation: the next one's start
+    # Checkpoint first, then the metrics log: a crash between the two leaves a log one row
+    # short, which the resume rewrites from the checkpoint's count.
+    _save_checkpoint(t)
+    write_metrics(t.run_dir, t.metrics_rows)
+    return row, warnings
 
 
 def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) -> dict[str, torch.optim.Optimizer]:
@@ -140,46 +378,48 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise RunFolderError(f"cannot write to {run_dir}: {e.strerror}") from None
 
 
-def _save_checkpoint(run_dir, model, optimizers, state: LoopState, shuffle_state, running: dict, metrics_rows) -> None:
+def _save_checkpoint(t: Training) -> None:
+    model, state = t.model, t.state
     # A finite loss does not prove finite weights (the step after it may overflow): check the
     # weights themselves, once per checkpoint, so the checkpoint on disk is always a good one.
     if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
-        lr = next(iter(optimizers.values())).param_groups[0]["lr"]
-        raise TrainingDiverged(_diverged_message("weights", state.step, state.epoch, lr))
+        raise TrainingDiverged(_diverged_message("weights", state.step, state.epoch, t.cfg.lr))
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_meta = {}
-    for phase, opt in optimizers.items():
+    for phase, opt in t.optimizers.items():
         sd = opt.state_dict()
         for pid, pstate in sd["state"].items():
             for key, value in pstate.items():
                 tensors[f"optim.{phase}.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         optim_meta[phase] = sd["param_groups"]
     tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.shuffle"] = shuffle_state
-    if torch.cuda.is_available() and model.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
-    for key, value in running.items():
+    tensors["rng.shuffle"] = t.epoch_start_shuffle
+    if t.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(t.device)
+    for key, value in t.running.items():
         tensors[f"running.{key}"] = value
     meta = {
         "model": model.name,
         "loop": state.__dict__,
         "optimizers": optim_meta,
-        "n_metrics_rows": len(metrics_rows),
-        "metrics": metrics_rows,  # the log as of this checkpoint: metrics.jsonl is rebuilt from it on resume
+        "n_metrics_rows": len(t.metrics_rows),
+        "metrics": t.metrics_rows,  # the log as of this checkpoint: metrics.jsonl is rebuilt from it on resume
     }
-    save_tensors(run_dir / CHECKPOINT_FILE, tensors, meta)
+    save_tensors(t.run_dir / CHECKPOINT_FILE, tensors, meta)
 
 
-def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch.Tensor, dict, list[dict]]:
-    path = run_dir / CHECKPOINT_FILE
+def _load_checkpoint(t: Training) -> None:
+    """Put the checkpoint's weights, optimizer states, RNG states, loop position and metrics
+    rows into `t`; RunFolderError if it does not fit the run."""
+    path = t.run_dir / CHECKPOINT_FILE
     tensors, meta = load_tensors(path)
-    if meta.get("model") != model.name:
-        raise RunFolderError(f"{path}: checkpoint of model '{meta.get('model')}', but the config says '{model.name}'")
+    if meta.get("model") != t.model.name:
+        raise RunFolderError(f"{path}: checkpoint of model '{meta.get('model')}', but the config says '{t.model.name}'")
     try:
         state = LoopState(**meta["loop"])
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        load_state_into(model, model_state, path)
-        for phase, opt in optimizers.items():
+        load_state_into(t.model, model_state, path)
+        for phase, opt in t.optimizers.items():
             groups = meta["optimizers"][phase]
             for group in groups:
                 group["betas"] = tuple(group["betas"])
@@ -191,16 +431,18 @@ def _load_checkpoint(run_dir: Path, model, optimizers) -> tuple[LoopState, torch
                     per_param.setdefault(int(pid), {})[name] = value
             opt.load_state_dict({"state": per_param, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and model.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+        if "rng.cuda" in tensors and t.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], t.device)
         shuffle_state = tensors["rng.shuffle"]
-        running = {k[len("running.") :]: v for k, v in tensors.items() if k.startswith("running.")}
-        metrics_rows = meta["metrics"] if "metrics" in meta else read_metrics(run_dir)[: state.epoch]
+        metrics_rows = meta["metrics"]
         if not isinstance(metrics_rows, list) or len(metrics_rows) != state.epoch:
             raise ValueError(f"{len(metrics_rows)} metrics rows for {state.epoch} finished epochs")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunFolderError(f"{path}: checkpoint is incomplete or does not fit this model ({str(e)[:120]})") from None
-    return state, shuffle_state, running, metrics_rows
+    if state.epoch > t.cfg.epochs:
+        raise GenlabError(f"{t.run_dir} has already trained {state.epoch} epochs: ask for --epochs {state.epoch} or more")
+    t.state, t.epoch_start_shuffle, t.metrics_rows = state, shuffle_state, metrics_rows
+    t.running = {k[len("running.") :]: v.to(t.device) for k, v in tensors.items() if k.startswith("running.")}
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -234,199 +476,6 @@ def evaluate_split(model: GenerativeModel, x: torch.Tensor, y: torch.Tensor, bat
     return {k: float(v) / len(x) for k, v in sums.items()}
 
 
-def fit(
-    train_config: TrainConfig,
-    model_config: ModelConfig | None = None,
-    run_dir: str | Path = "runs/run",
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    data: DataBundle | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    stop_after_steps: int | None = None,
-) -> Path:
-    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
-
-    `stop_after_steps` ends the loop after that many optimizer steps in this call, as if the
-    process had been killed there: what was not checkpointed is lost (used by the crash tests).
-    """
-    run_dir = Path(run_dir)
-    # Everything that can refuse the run (folder, configs, data, checkpoint) is checked before
-    # anything is written, so a refused command never touches an existing run.
-    resumable = _check_run_dir(run_dir, resume, overwrite)
-    if resume and not resumable:
-        log(f"nothing to resume in {run_dir} yet: starting the run")
-    resume = resumable
-    saved_info: dict = {}
-    if resume:
-        # The saved config wins: a resumed run continues exactly what was started.
-        saved_train, model_config, saved_info = read_config(run_dir)
-        if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
-            saved_train.epochs = train_config.epochs  # allow extending a finished run
-        saved_train.validate()
-        train_config = saved_train
-    train_config, model_config = resolve_configs(train_config, model_config)
-    cfg = train_config
-    device = pick_device(cfg.device)
-
-    if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir)
-        for note in data.notes:
-            log(f"data: {note}")
-    if resume:  # a resumed run must see the data it started with, or it would not be the same run
-        require_training_data(run_dir, saved_info, data, "resume with the same data (--data DIR or GENLAB_DATA)")
-    x_train, y_train = data.tensors("train", device)
-    x_test, y_test = data.tensors("test", device)
-    if cfg.binarize:  # the same binary test digits as `genlab eval` scores
-        x_test = fixed_binarization(x_test)
-    if cfg.epoch_eval_images:  # the per-epoch loss curves' subset; see TrainConfig
-        x_test, y_test = x_test[: cfg.epoch_eval_images], y_test[: cfg.epoch_eval_images]
-    n_train = len(x_train)
-    if cfg.batch_size > n_train:
-        raise GenlabError(f"batch size {cfg.batch_size} is larger than the {n_train} training images")
-
-    seed_everything(cfg.seed)
-    model = build_model(cfg, model_config).to(device)
-    model.prepare_training(x_train)
-    optimizers = _optimizers(model, cfg, device)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    phase_params = {p: set(map(id, model.phase_parameters(p))) for p in model.phases}
-    all_params = list(model.parameters())
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
-
-    state = LoopState(seed=cfg.seed)
-    running: dict[str, torch.Tensor] = {}
-    metrics_rows: list[dict] = []
-    epoch_start_shuffle = shuffle_gen.get_state()
-    if resume and (run_dir / CHECKPOINT_FILE).is_file():
-        state, epoch_start_shuffle, running, metrics_rows = _load_checkpoint(run_dir, model, optimizers)
-        if state.epoch > cfg.epochs:
-            raise GenlabError(f"{run_dir} has already trained {state.epoch} epochs: ask for --epochs {state.epoch} or more")
-        running = {k: v.to(device) for k, v in running.items()}
-        shuffle_gen.set_state(epoch_start_shuffle)
-        log(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
-
-    _prepare_run_dir(run_dir, resume, overwrite)
-    if resume:
-        # The checkpoint's rows are the log: a row written after it (or lost before it) is
-        # put right now, so metrics.jsonl never has gaps or duplicates.
-        write_metrics(run_dir, metrics_rows)
-    if not resume:
-        info = {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in all_params)}
-        write_config(run_dir, cfg, model_config, info)
-    elif saved_info["train"].get("epochs") != cfg.epochs:  # extended: record the new length
-        write_config(run_dir, cfg, model_config, {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")})
-
-    model.train()
-    steps_this_call = 0
-    interrupted = _InterruptFlag()
-    n_batches = math.ceil(n_train / cfg.batch_size)
-    try:
-        while state.epoch < cfg.epochs:
-            # The permutation is a pure function of the shuffle RNG state at the epoch's start,
-            # so a resumed epoch sees the same batches in the same order.
-            shuffle_gen.set_state(epoch_start_shuffle)
-            order = torch.randperm(n_train, generator=shuffle_gen).to(device)
-            # One gather per epoch, so every batch below is a contiguous slice (no per-step copy).
-            x_epoch, y_epoch = x_train[order], y_train[order]
-            next_epoch_shuffle = shuffle_gen.get_state()
-            bar = tqdm(
-                total=n_batches, initial=state.step_in_epoch, desc=f"{model.name} epoch {state.epoch + 1}/{cfg.epochs}",
-                disable=not progress, leave=False, dynamic_ncols=True,
-            )
-            recent_losses: list[tuple[int, torch.Tensor]] = []
-            t0 = time.perf_counter()
-            for batch_index in range(state.step_in_epoch, n_batches):
-                batch = slice(batch_index * cfg.batch_size, (batch_index + 1) * cfg.batch_size)
-                xb, yb = x_epoch[batch], y_epoch[batch]
-                if cfg.binarize:  # a fresh draw per step (dynamic binarisation): the global RNG, checkpointed
-                    xb = binarize(xb)
-                cache: dict = {}
-                for phase in model.phases:
-                    if len(model.phases) > 1:  # no gradients for the other players' weights
-                        for p in all_params:
-                            p.requires_grad_(id(p) in phase_params[phase])
-                    out = loss_fn(xb, yb, phase, cache)
-                    optimizers[phase].zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    if cfg.grad_clip > 0:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), cfg.grad_clip)
-                        recent_losses.append((state.step + 1, grad_norm.detach()))
-                    optimizers[phase].step()
-                    recent_losses.append((state.step + 1, out.loss.detach()))
-                    for key, value in out.logs.items():
-                        running[key] = running.get(key, 0) + value.detach() * len(xb)
-                running["_n"] = running.get("_n", 0) + torch.tensor(float(len(xb)), device=device)
-                state.step += 1
-                state.step_in_epoch += 1
-                steps_this_call += 1
-                bar.update(1)
-
-                if state.step % SYNC_EVERY == 0 or batch_index == n_batches - 1:
-                    _check_finite(recent_losses, state, cfg)
-                    if progress:
-                        bar.set_postfix({k: f"{float(v) / float(running['_n']):.4g}" for k, v in running.items() if k != "_n"})
-                mid_epoch_checkpoint = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
-                if mid_epoch_checkpoint and batch_index < n_batches - 1:
-                    _check_finite(recent_losses, state, cfg)
-                    state.epoch_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
-                if interrupted.is_set:
-                    bar.close()
-                    _check_finite(recent_losses, state, cfg)
-                    state.epoch_seconds += time.perf_counter() - t0
-                    _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
-                    raise _interrupted(state, run_dir)
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    bar.close()
-                    return run_dir
-            bar.close()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            state.epoch_seconds += time.perf_counter() - t0
-
-            n_seen = float(running.pop("_n"))
-            train_logs = {k: float(v) / n_seen for k, v in running.items()}
-            t_eval = time.perf_counter()
-            test_logs = evaluate_split(model, x_test, y_test, cfg.eval_batch_size, cfg.seed)
-            health, warnings = epoch_health(model, train_logs, metrics_rows, cfg.seed)
-            row = {
-                "epoch": state.epoch + 1,
-                "step": state.step,
-                "seconds": round(state.epoch_seconds, 4),
-                "eval_seconds": round(time.perf_counter() - t_eval, 4),
-                "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
-                "train": train_logs,
-                "test": test_logs,
-                "health": health,
-            }
-            if warnings:
-                row["warnings"] = warnings  # shown by report.html
-            metrics_rows.append(row)
-            state.epoch += 1
-            state.step_in_epoch = 0
-            state.epoch_seconds = 0.0
-            running = {}
-            epoch_start_shuffle = next_epoch_shuffle
-            # Checkpoint first, then the metrics log: a crash between the two leaves a log one
-            # row short, which the resume rewrites from the checkpoint's count.
-            _save_checkpoint(run_dir, model, optimizers, state, epoch_start_shuffle, running, metrics_rows)
-            write_metrics(run_dir, metrics_rows)
-            log(_epoch_line(model.name, row, cfg.epochs))
-            for warning in warnings:
-                log(f"warning: {warning}")
-            if interrupted.is_set and state.epoch < cfg.epochs:  # Ctrl-C during the evaluation
-                raise _interrupted(state, run_dir)
-    except TrainingDiverged as e:
-        raise TrainingDiverged(f"{e}; {_checkpoint_note(run_dir)}") from None
-    finally:
-        interrupted.restore()
-    save_weights(run_dir, model)
-    return run_dir
-
-
 def _interrupted(state: LoopState, run_dir: Path) -> GenlabError:
     return GenlabError(
         f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: continue with: genlab resume {run_dir}"
@@ -456,19 +505,17 @@ class _InterruptFlag:
             signal.signal(sig, previous)
 
 
-def _check_finite(recent: list[tuple[int, torch.Tensor]], state: LoopState, cfg: TrainConfig) -> None:
-    """One host sync: raise TrainingDiverged, naming the step, if any recent value is NaN/inf.
-
-    `recent` holds (step, loss or gradient norm) pairs logged since the last check.
-    """
-    if not recent:
+def _check_finite(t: Training) -> None:
+    """One host sync: raise TrainingDiverged, naming the step, if any (step, loss or gradient
+    norm) logged since the last check is NaN/inf."""
+    if not t.recent:
         return
-    finite = torch.isfinite(torch.stack([v.float().reshape(()) for _, v in recent]))
+    finite = torch.isfinite(torch.stack([v.float().reshape(()) for _, v in t.recent]))
     if bool(finite.all()):
-        recent.clear()
+        t.recent.clear()
         return
-    bad_step = recent[int((~finite).nonzero()[0])][0]
-    raise TrainingDiverged(_diverged_message("loss or gradient", bad_step, state.epoch, cfg.lr))
+    bad_step = t.recent[int((~finite).nonzero()[0])][0]
+    raise TrainingDiverged(_diverged_message("loss or gradient", bad_step, t.state.epoch, t.cfg.lr))
 
 
 def _diverged_message(what: str, step: int, epochs_done: int, lr: float) -> str:

@@ -7,7 +7,7 @@ The CLI, the training loop and checkpoint loading all look models up in `MODELS`
 from __future__ import annotations
 
 from ..errors import GenlabError
-from .base import GenerativeModel, LossOutput
+from .base import GenerativeModel, LossOutput, NotSupported
 
 MODELS: dict[str, type[GenerativeModel]] = {}
 
@@ -33,4 +33,4 @@ def get_model_class(name: str) -> type[GenerativeModel]:
 # Importing the files fills the registry.
 from . import aae, ae, cgan, cvae, dcgan, gan, vae, wgan_gp  # noqa: E402,F401
 
-__all__ = ["MODELS", "GenerativeModel", "LossOutput", "get_model_class", "register"]
+__all__ = ["MODELS", "GenerativeModel", "LossOutput", "NotSupported", "get_model_class", "register"]

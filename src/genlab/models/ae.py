@@ -7,8 +7,8 @@ z, so it cannot sample: its latent space has holes between the clusters.
 By default it is a denoising autoencoder (Vincent et al. 2008, https://doi.org/10.1145/1390156.1390294):
 in training the encoder sees x + σ·ε, ε ~ N(0, I), and the decoder must give back the clean x (MSE).
 Codes that must survive the noise depend less on single pixels, so test digits land nearer the
-training digits of their class (measured in benchmarks/README.md, section 4). Evaluation, codes
-and figures use the clean x.
+training digits of their class (benchmarks/README.md section 4). Evaluation, codes and figures
+use the clean x.
 """
 
 from __future__ import annotations
@@ -22,19 +22,14 @@ from ..config import check_off_or_positive
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import AutoencoderConfig, encoder_decoder
-from .neighbors import NeighborTermMixin
+from .neighbors import NeighborTerm
 
 
 @dataclass
 class AEConfig(AutoencoderConfig):
-    # runs saved before the option trained without input noise
-    ABSENT_IN_OLDER_RUNS = {**AutoencoderConfig.ABSENT_IN_OLDER_RUNS, "input_noise": 0.0}
-
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
-    # 0.5 measured best of 0, 0.3, 0.5, 0.7 for the 2-D codes' 5-NN accuracy (validation split).
+    # The noise and the neighbour weight were chosen on the validation split (benchmarks/README.md 4, 4c).
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
-    # 0.3: on the validation split, weights from 0.1 to 10 separated the codes alike; 0.3 is the one
-    # measured with the final settings (benchmarks/README.md, section 4c).
     neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 0.3 separates 2-D codes best)
 
     def validate(self) -> None:
@@ -44,29 +39,30 @@ class AEConfig(AutoencoderConfig):
 
 
 @register("ae")
-class AE(NeighborTermMixin, GenerativeModel):
+class AE(GenerativeModel):
     config_class = AEConfig
-    # Steps matter more than batch size for the 2-D codes: at the same CPU time, batch 32
-    # separates the digits better than 64 or 128 (validation 5-NN 0.73 vs 0.69 / 0.71 at ~24
-    # CPU-s); 35 epochs of 5k digits = 5,495 steps, ~26 single-thread CPU-s of training (the
-    # last 10 epochs still add ~0.01; benchmarks/README.md, section 4).
-    default_epochs = 35
-    default_batch_size = 32
+    can_encode = True
+
+    @classmethod
+    def defaults(cls, config: AEConfig) -> dict:
+        # Steps matter more than batch size for the 2-D codes: batch 32 (benchmarks/README.md section 4).
+        return {"epochs": 35, "batch_size": 32, "lr": 1e-3, "activation": "relu"}
 
     def __init__(self, config: AEConfig):
         super().__init__(config)
-        self.encoder, self.decoder = encoder_decoder(config, config.latent_dim, config.latent_dim)
+        self.encoder, self.decoder = encoder_decoder(self.config, self.config.latent_dim, self.config.latent_dim)
+        self.neighbors = NeighborTerm(self.config.neighbor_weight)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare_training(self, x_train: torch.Tensor) -> None:
+        self.neighbors.prepare(x_train)
+
+    def encode(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, 28, 28) -> (B, latent_dim)."""
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) -> (B, 1, 28, 28) in [0, 1]."""
         return torch.sigmoid(self.decoder(z))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
     def loss(self, x, y, phase, cache) -> LossOutput:
         x_in = x
@@ -75,4 +71,4 @@ class AE(NeighborTermMixin, GenerativeModel):
         x_hat = self.decode(self.encode(x_in))
         mse = F.mse_loss(x_hat, x)  # mean over pixels and images: MSE per pixel
         logs = {"loss": mse, "mse": mse}
-        return LossOutput(loss=self.with_neighbor_term(mse, logs), logs=logs)
+        return LossOutput(loss=self.neighbors.add_to(mse, logs, self.encode, self.training), logs=logs)

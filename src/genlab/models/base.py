@@ -1,20 +1,28 @@
-"""What every genlab model is: an nn.Module that owns its math and declares its optimizers.
+"""What every genlab model is: an nn.Module that owns its math, declares its optimizers and says
+what it can do.
 
 The training loop (`genlab.train`) never asks which model it trains. Per batch it walks the
 model's `phases` in order; for each phase it calls `model.loss(x, y, phase, cache)`, steps the
 optimizer that owns that phase's parameters, and logs what the model returned. An AE or VAE has
 one phase; a GAN has two ("discriminator" then "generator"), sharing a per-batch `cache` so the
 generator's fake batch is made once (detached for the discriminator step, as in DCGAN).
+
+Everything else (evaluation, figures, the CLI, the explorer) reads the capability flags below and
+calls the methods they promise, with one signature each: labels are always the keyword `labels`,
+None for an unconditional model (or for a conditional one's default digits).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data import NUM_CLASSES
+from ..errors import GenlabError
 
 
 @dataclass
@@ -25,28 +33,50 @@ class LossOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class NotSupported(GenlabError):
+    """A model was asked for something its capability flags say it cannot do."""
+
+
 class GenerativeModel(nn.Module):
-    """Base class; subclasses set the class attributes and implement `loss`."""
+    """Base class. A subclass sets `config_class`, its flags and `phases`, states its `defaults`,
+    and implements `loss`, `decode` and whatever its flags promise."""
 
     config_class: type[ModelConfig] = ModelConfig
     family: str = "reconstruction"  # "reconstruction" or "adversarial": the report groups by it
     phases: tuple[str, ...] = ("model",)  # optimizer groups, in the order they step each batch
-    default_lr: float = 1e-3
-    default_epochs: int = 20
-    default_batch_size: int = 128
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    conditional: bool = False  # True: sample/decode take digit labels
+
+    # What the model can do; callers read these, never probe for methods.
+    can_encode: bool = False  # encode(x) and reconstruct(x): it has an encoder (AE, VAE, CVAE, AAE)
+    can_sample: bool = False  # sample(n): codes from a prior N(0, I), decoded (VAE, AAE, CVAE, GANs)
+    has_likelihood: bool = False  # encode_distribution(x), decode_logits(z): ELBO / IWAE bounds (VAE, CVAE)
+    conditional: bool = False  # `labels` picks the digit in decode / sample / reconstruct (CVAE, CGAN)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
-        self.config = config
+        self.config = self.resolved_config(config)
 
     @classmethod
-    def training_defaults(cls, config: ModelConfig) -> dict:
-        """Epochs, lr and batch size for a run that leaves them unset; a family whose best
-        settings depend on its config (the VAE's `arch`) overrides this."""
-        return {"epochs": cls.default_epochs, "lr": cls.default_lr, "batch_size": cls.default_batch_size}
+    def capabilities(cls) -> dict[str, bool]:
+        """The flags above by name: what `genlab eval`, the figures and the explorer can ask of it."""
+        return {name: getattr(cls, name) for name in ("can_encode", "can_sample", "has_likelihood", "conditional")}
+
+    @classmethod
+    def defaults(cls, config: ModelConfig) -> dict:
+        """Every default of a run that may depend on the model's config, in one place: the loop's
+        `epochs`, `batch_size` and `lr`, and any model-config field left None (the autoencoders'
+        `activation`). Filled in once when a run starts (`train.resolve_configs`) and written to
+        config.json, so a run folder records what it trained with."""
+        return {"epochs": 20, "batch_size": 128, "lr": 1e-3}
+
+    @classmethod
+    def resolved_config(cls, config: ModelConfig) -> ModelConfig:
+        """A validated copy of `config` with the fields left None set from `defaults`."""
+        config.validate()
+        unset = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) is None}
+        config = dataclasses.replace(config, **{k: v for k, v in cls.defaults(config).items() if k in unset})
+        config.validate()
+        return config
 
     # --- training -------------------------------------------------------------------------
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
@@ -70,22 +100,73 @@ class GenerativeModel(nn.Module):
             logs.update(self.loss(x, y, phase, cache).logs)
         return logs
 
+    def health_warnings(self, train_logs: dict[str, float]) -> list[str]:
+        """Model-specific warnings read once per epoch by genlab.health (the GANs' D-loss check)."""
+        return []
+
     # --- what a user calls ----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """n images (n, 1, 28, 28) in [0, 1]. Reconstruction models without a prior refuse."""
-        raise NotImplementedError(f"{type(self).__name__} cannot sample: it has no prior over its latent space")
-
     @property
-    def can_sample(self) -> bool:
-        """True when the subclass implements `sample` (it has a prior or a generator)."""
-        return type(self).sample is not GenerativeModel.sample
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
 
-    def has_encoder(self) -> bool:
-        return hasattr(self, "encode")
+    def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes or noise (B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]: the decoder of an
+        autoencoder, the generator of a GAN. Every model has one."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 1, 28, 28) -> codes (B, latent_dim) (a VAE's posterior mean)."""
+        raise self._unsupported("encode", "can_encode")
+
+    def reconstruct(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """decode(encode(x)): images (B, 1, 28, 28) in [0, 1]."""
+        if not self.can_encode:
+            raise self._unsupported("reconstruct", "can_encode")
+        return self.decode(self.encode(x, labels=labels), labels=labels)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n images (n, 1, 28, 28) in [0, 1], decoded from z ~ N(0, I) drawn with `generator`.
+        A conditional model without labels draws the digits 0, 1, …, 9, 0, … in turn."""
+        if not self.can_sample:
+            raise self._unsupported("sample", "can_sample")
+        if self.conditional:
+            labels = check_labels(labels, n, self.device)
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode(z, labels=labels)
+
+    def encode_distribution(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian posterior q(z|x): μ (B, D) and log σ² (B, D)."""
+        raise self._unsupported("encode_distribution", "has_likelihood")
+
+    def decode_logits(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) -> the Bernoulli decoder's pixel logits (B, 1, 28, 28)."""
+        raise self._unsupported("decode_logits", "has_likelihood")
+
+    def _unsupported(self, method: str, flag: str) -> NotSupported:
+        return NotSupported(f"model '{self.name}' has no {method}() ({flag} is False)")
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.config.latent_dim}"
+
+
+def default_labels(n: int, device: torch.device) -> torch.Tensor:
+    """Labels for a conditional model asked to sample without any: 0, 1, …, 9, 0, 1, … so the
+    digits are equally frequent (what the metrics' class histogram expects)."""
+    return torch.arange(n, device=device) % NUM_CLASSES
+
+
+def check_labels(labels: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """Labels a user passed to `sample`/`decode` (or the balanced default when None), checked
+    once here rather than in the training step: (n,) long on `device`."""
+    if labels is None:
+        return default_labels(n, device)
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if labels.shape[0] != n:
+        raise GenlabError(f"expected {n} labels, one per image, got {labels.shape[0]}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES):
+        raise GenlabError(f"labels must be digits 0 to {NUM_CLASSES - 1}")
+    return labels

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, check_widths
+from ..data import NUM_CLASSES
 from ..errors import GenlabError
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -47,11 +49,8 @@ class Unflatten(nn.Module):
 # on purpose: these run on a 2-core CPU in the lab budget.
 
 FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
-# Default kernel of the AE/VAE/CVAE/AAE convolutions (their `kernel` config field, read by
-# `encoder_decoder`; runs saved before the field used 4, as the GANs still do). Measured
-# (16-D bce VAE, 1 thread, 4.5k/500 validation split, benchmarks/README.md section 3): kernel 3
-# runs 1.3× more images per CPU second than 4 and, at the same CPU time, gives better samples
-# (FID 144 vs 152 at 65 CPU-s) for a slightly lower likelihood (−102.5 vs −101.8 nats).
+# Default kernel of the autoencoders' convolutions (their `kernel` field): 3 runs more images per
+# CPU second than 4 and gave better samples at the same CPU time (benchmarks/README.md section 3).
 AE_KERNEL = 3
 
 
@@ -61,11 +60,11 @@ def _same_halving(kernel: int) -> tuple[int, int]:
     return (kernel - 1) // 2, kernel % 2
 
 
-# Hidden-layer activations of the autoencoders (`activation` config field). SiLU (x·sigmoid(x),
-# Elfwing et al. 2018, https://arxiv.org/abs/1702.03118) is smooth where ReLU has a kink: in the
-# conv VAE it gave better samples *and* likelihood at the same CPU time (benchmarks/README.md,
-# section 3), so it is the conv VAE's default; "relu" keeps the networks as they were.
+# Hidden-layer activations of the autoencoders (`activation` field). SiLU (x·sigmoid(x), Elfwing
+# et al. 2018, https://arxiv.org/abs/1702.03118) is smooth where ReLU has a kink; it is the conv
+# VAE's default (benchmarks/README.md section 3), "relu" the notebook's.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+Activation = Literal["relu", "silu"]
 
 
 def activation_layer(name: str, leaky_slope: float = 0.0) -> nn.Module:
@@ -164,42 +163,23 @@ def conv_decoder(
     )
 
 
-ARCHS = ("mlp", "conv")
-
-
 @dataclass
 class AutoencoderConfig(ModelConfig):
     """The network fields that AE, VAE, CVAE and AAE share (read by `encoder_decoder`)."""
 
-    # Runs saved before these options used kernel-4 convolutions and ReLU (leaky in the conv encoder).
-    ABSENT_IN_OLDER_RUNS = {"kernel": 4, "activation": "relu"}
-
     hidden_dims: tuple[int, ...] = (512, 256)  # encoder widths; the decoder mirrors them (arch "conv": the last only)
-    arch: str = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
+    arch: Literal["mlp", "conv"] = "mlp"  # "mlp" (fully connected) or "conv" (two stride-2 convolutions each way)
     channels: tuple[int, ...] = (16, 32)  # conv channels after the first and second convolution (arch "conv")
     kernel: int = AE_KERNEL  # conv kernel size (arch "conv"; 3, 4 or 5)
-    # None is filled in when training starts (`fill_defaults`), so config.json records the choice.
-    activation: str | None = None  # "relu" or "silu" between layers (default: relu; silu for the conv VAE)
-
-    def default_activation(self) -> str:
-        """What `activation` None means: ReLU, as in the lab notebook. The VAE overrides it."""
-        return "relu"
-
-    def fill_defaults(self) -> None:
-        if self.activation is None:
-            self.activation = self.default_activation()
+    activation: Activation | None = None  # "relu" or "silu" between layers (default: the model's, by arch)
 
     def validate(self) -> None:
         super().validate()
         check_widths("hidden_dims", self.hidden_dims)
-        if self.arch not in ARCHS:
-            raise GenlabError(f"arch must be 'mlp' or 'conv', got '{self.arch}'")
         if len(self.channels) != 2 or min(self.channels) < 1:
             raise GenlabError(f"channels must be two positive counts (first and second convolution), got {tuple(self.channels)}")
         if self.kernel not in (3, 4, 5):
             raise GenlabError(f"kernel must be 3, 4 or 5 (conv kernel size), got {self.kernel}")
-        if self.activation is not None and self.activation not in ACTIVATIONS:
-            raise GenlabError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
 
 
 def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
@@ -209,9 +189,10 @@ def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -
     `conv_decoder` with `channels`, `kernel` and one fully connected layer of the last (narrowest) width
     of `hidden_dims` between the conv features and the code (measured: a direct linear map from
     a small code to the feature maps learns slowly, two layers cost more than they bring).
-    AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each.
+    AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each. `activation` is
+    resolved by then (`GenerativeModel.__init__`).
     """
-    activation = config.activation or config.default_activation()  # None: a config built in Python, not yet trained
+    activation = config.activation
     if config.arch == "conv":
         hidden, channels = tuple(config.hidden_dims)[-1:], tuple(config.channels)
         return (
@@ -224,6 +205,6 @@ def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -
     return encoder, decoder
 
 
-def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """(B,) long -> (B, num_classes) float."""
-    return F.one_hot(labels, num_classes).float()
+def label_input(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, D) noise/code and (B,) digits -> (B, D + 10): the input of a conditional decoder."""
+    return torch.cat([z, F.one_hot(labels, NUM_CLASSES).to(z.dtype)], dim=1)

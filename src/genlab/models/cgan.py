@@ -18,15 +18,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data import NUM_CLASSES
 from ..errors import GenlabError
 from . import register
-from .blocks import FEATURE_SIDE
-from .dcgan import DCGAN, NUM_CLASSES, DCGANConfig, check_labels, label_input
+from .blocks import FEATURE_SIDE, label_input
+from .dcgan import DCGAN, DCGANConfig
 
 
 @dataclass
 class CGANConfig(DCGANConfig):
-    plot_digit: int = 8  # the digit `generate(z)` draws when no labels are given (interpolation figure)
+    plot_digit: int = 8  # the digit `decode(z)` draws when no labels are given (interpolation figure)
 
     def validate(self) -> None:
         super().validate()
@@ -41,10 +42,10 @@ class CGAN(DCGAN):
 
     def __init__(self, config: CGANConfig):
         super().__init__(config)  # builds G with 10 extra inputs, since `conditional` is True
-        self.embed = nn.Embedding(NUM_CLASSES, config.channels[1] * FEATURE_SIDE**2)  # e_y: (10, F)
+        self.embed = nn.Embedding(NUM_CLASSES, self.config.channels[1] * FEATURE_SIDE**2)  # e_y: (10, F)
         nn.init.normal_(self.embed.weight, std=0.01)  # start as the unconditional D
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim), digits (B,) -> images (B, 1, 28, 28); no labels: `plot_digit`."""
         if labels is None:
             labels = torch.full((z.shape[0],), self.config.plot_digit, dtype=torch.long, device=z.device)
@@ -54,9 +55,3 @@ class CGAN(DCGAN):
         """Projection discriminator logits (B,): w·φ(x) + b + e_y·φ(x)."""
         phi = self.features(images * 2 - 1)  # (B, F)
         return self.head(phi).squeeze(1) + (self.embed(labels) * phi).sum(1)
-
-    def sample(self, n, generator=None, labels=None) -> torch.Tensor:
-        """n images of the given digits (n,); no labels: 0, 1, …, 9, 0, … (equal frequencies)."""
-        labels = check_labels(labels, n, self.device)
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
-        return self.generate(z, labels)

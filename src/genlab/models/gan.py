@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, check_fraction, check_widths
 from . import register
 from .base import GenerativeModel, LossOutput
 from .blocks import IMAGE_PIXELS, Flatten, Unflatten
+from .losses import discriminator_loss, generator_loss
 
 # An epoch-mean discriminator loss below this counts as "D wins every step": at the game's
 # equilibrium it is 2·log 2 ≈ 1.39; 0.05 means D(x) ≈ 0.98 and D(G(z)) ≈ 0.02 throughout.
@@ -47,13 +47,17 @@ class GAN(GenerativeModel):
     config_class = GANConfig
     family = "adversarial"
     phases = ("discriminator", "generator")
-    default_lr = 2e-4
-    default_epochs = 40
-    default_batch_size = 64  # more, smaller steps: the game needs steps more than large batches
+    can_sample = True
     adam_betas = (0.5, 0.999)  # β1 = 0.5 (Radford et al. 2016): less momentum, fewer oscillations
+
+    @classmethod
+    def defaults(cls, config: GANConfig) -> dict:
+        # Batch 64: more, smaller steps; the game needs steps more than large batches.
+        return {"epochs": 40, "batch_size": 64, "lr": 2e-4}
 
     def __init__(self, config: GANConfig):
         super().__init__(config)
+        config = self.config
         hidden = list(config.hidden_dims)
         g_layers: list[nn.Module] = []
         for n_in, n_out in zip([config.latent_dim, *hidden[:-1]], hidden):
@@ -67,22 +71,17 @@ class GAN(GenerativeModel):
     def phase_parameters(self, phase):
         return list((self.discriminator if phase == "discriminator" else self.generator).parameters())
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]."""
+    def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The generator: (B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]."""
         return torch.sigmoid(self.generator(z))
 
     def critic(self, images: torch.Tensor) -> torch.Tensor:
         """Discriminator logits (B,) for images in [0, 1] (rescaled to [−1, 1] inside)."""
         return self.discriminator(images * 2 - 1).squeeze(1)
 
-    def sample(self, n, generator=None, labels=None) -> torch.Tensor:
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
-        return self.generate(z)
-
     def health_warnings(self, train_logs: dict[str, float]) -> list[str]:
-        """Read once per epoch by genlab.health: an epoch-mean d_loss near 0 means D won nearly
-        every step of it, so G's gradient vanishes or G collapses (Arjovsky & Bottou 2017,
-        https://arxiv.org/abs/1701.04862)."""
+        """An epoch-mean d_loss near 0 means D won nearly every step of it, so G's gradient
+        vanishes or G collapses (Arjovsky & Bottou 2017, https://arxiv.org/abs/1701.04862)."""
         d_loss = train_logs.get("d_loss")
         if d_loss is not None and d_loss < D_LOSS_COLLAPSE:
             return [
@@ -96,14 +95,8 @@ class GAN(GenerativeModel):
             cache["z"] = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         if phase == "discriminator":
             with torch.no_grad():
-                fake = self.generate(cache["z"])
-            real_logits, fake_logits = self.critic(x), self.critic(fake)
-            real_target = torch.full_like(real_logits, 1.0 - self.config.label_smoothing)
-            d_loss = F.binary_cross_entropy_with_logits(real_logits, real_target) + F.binary_cross_entropy_with_logits(
-                fake_logits, torch.zeros_like(fake_logits)
-            )
-            logs = {"d_loss": d_loss, "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
-            return LossOutput(loss=d_loss, logs=logs)
-        fake_logits = self.critic(self.generate(cache["z"]))
-        g_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))  # −log D(G(z))
+                fake = self.decode(cache["z"])
+            logs = discriminator_loss(self.critic(x), self.critic(fake), self.config.label_smoothing)
+            return LossOutput(loss=logs["d_loss"], logs=logs)
+        g_loss = generator_loss(self.critic(self.decode(cache["z"])))  # −log D(G(z))
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})

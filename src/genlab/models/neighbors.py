@@ -1,9 +1,9 @@
 """Neighbour embedding: an optional loss that keeps digits which are near in pixel space near in
 the code space (the AE's and VAE's `neighbor_weight`).
 
-Why: the plain 2-D AE and VAE place test digits next to training digits of their own class only
-70–75% of the time (5-NN accuracy), while a t-SNE map of the same 5,000 digits reaches 0.95 —
-the pixel-space neighbourhoods are there, reconstruction alone does not keep them in 2-D. This
+Why: the plain 2-D AE and VAE place test digits among training digits of their own class far
+less often than a t-SNE map of the same digits does (benchmarks/README.md section 4c): the
+pixel-space neighbourhoods are there, reconstruction alone does not keep them in 2-D. This
 term asks the encoder to keep them, as parametric t-SNE does (van der Maaten 2009,
 https://proceedings.mlr.press/v5/maaten09a.html) and parametric UMAP does beside an autoencoder
 loss (Sainburg et al. 2021, https://arxiv.org/abs/2009.12981). It uses no labels.
@@ -24,12 +24,10 @@ import torch.nn.functional as F
 
 from ..errors import GenlabError
 
-# Neighbours per training digit in the graph: UMAP's default. On the validation split (2-D,
-# benchmarks/README.md section 4c) 5 and 15 separated the codes alike, within the seeds' spread.
+# Neighbours per training digit (UMAP's default) and digit pairs per training step, drawn
+# independently of the reconstruction batch: chosen on the validation split, benchmarks/README.md
+# section 4c.
 NEIGHBORS = 15
-# Digit pairs per training step, drawn independently of the reconstruction batch. 64 separated the
-# codes better than 32 for ~20% more CPU time; 512 fitted the training digits better but not the
-# held-out ones, at 3× the time of 64 (section 4c).
 PAIRS = 64
 # Codes are multiplied by this before the Cauchy kernel. t-SNE maps of a few thousand points span
 # tens of units; the VAE's KL keeps its codes near unit scale, where the kernel cannot tell near
@@ -83,21 +81,23 @@ class NeighborEmbedding:
         return contrastive_neighbor_loss(encode(self.x_train[anchors]), encode(self.x_train[neighbors]))
 
 
-class NeighborTermMixin:
-    """For a model whose config has `neighbor_weight` (AE, VAE): builds the graph before training
-    and adds the weighted term to the training loss. The logged "loss" stays the model's own
-    objective, comparable with the test split's; the term is logged as "neighbor"."""
+class NeighborTerm:
+    """The AE's and VAE's optional term, `weight` × the contrastive neighbour loss: built on the
+    training digits before training (`prepare`), added to the training loss only (`add_to`). The
+    logged "loss" stays the model's own objective, comparable with the test split's; the term is
+    logged as "neighbor"."""
 
-    _neighbors: NeighborEmbedding | None = None
+    def __init__(self, weight: float):
+        self.weight = weight
+        self.embedding: NeighborEmbedding | None = None  # None: off, or a loaded run (no graph)
 
-    def prepare_training(self, x_train: torch.Tensor) -> None:
-        # getattr: the AAE subclasses the AE but has no such field.
-        if getattr(self.config, "neighbor_weight", 0.0) > 0:
-            self._neighbors = NeighborEmbedding(x_train)
+    def prepare(self, x_train: torch.Tensor) -> None:
+        if self.weight > 0:
+            self.embedding = NeighborEmbedding(x_train)
 
-    def with_neighbor_term(self, loss: torch.Tensor, logs: dict) -> torch.Tensor:
-        if self._neighbors is None or not self.training:
+    def add_to(self, loss: torch.Tensor, logs: dict, encode, training: bool) -> torch.Tensor:
+        if self.embedding is None or not training:
             return loss
-        neighbor = self._neighbors.loss(self.encode)
+        neighbor = self.embedding.loss(encode)
         logs["neighbor"] = neighbor
-        return loss + self.config.neighbor_weight * neighbor
+        return loss + self.weight * neighbor

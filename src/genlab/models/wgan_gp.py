@@ -23,6 +23,7 @@ The critic's W estimate is the figure to watch: it should fall as the samples im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from ..config import ModelConfig
 from ..errors import GenlabError
 from . import register
 from .base import LossOutput
-from .dcgan import DCGAN
+from .dcgan import ConvGAN, check_channels
 
 
 @dataclass
@@ -39,20 +40,18 @@ class WGANGPConfig(ModelConfig):
     latent_dim: int = 64  # noise size
     channels: tuple[int, ...] = (16, 32)  # critic's conv channels (28->14->7), as DCGAN's D
     g_channels: tuple[int, ...] = (32, 64)  # G's channels, mirrored (7->14->28), as DCGAN's G
-    d_norm: str = "layer"  # critic normalisation after the second conv: "layer" or "none" (never batch)
+    d_norm: Literal["layer", "none"] = "layer"  # critic normalisation after the second conv: "layer" or "none" (never batch)
     critic_steps: int = 5  # critic updates per generator update (n_critic in the paper)
     gp_weight: float = 10.0  # λ, weight of the gradient penalty (the paper's value)
 
     def validate(self) -> None:
-        super().validate()
-        for name in ("channels", "g_channels"):
-            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 1:
-                raise GenlabError(f"{name} must be two positive counts, got {tuple(getattr(self, name))}")
-        if self.d_norm not in ("layer", "none"):
+        if self.d_norm not in ("layer", "none"):  # before the generic choice check: say why
             raise GenlabError(
                 f"d_norm must be 'layer' or 'none' for WGAN-GP, got '{self.d_norm}' "
                 "(batch norm couples the examples, which breaks the per-example gradient penalty)"
             )
+        super().validate()
+        check_channels(self)
         if self.critic_steps < 1:
             raise GenlabError(f"critic_steps must be at least 1, got {self.critic_steps}")
         if not self.gp_weight >= 0:
@@ -73,20 +72,21 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
 
 
 @register("wgan_gp")
-class WGANGP(DCGAN):
+class WGANGP(ConvGAN):
     config_class = WGANGPConfig
-    default_lr = 1e-4
-    default_epochs = 10
-    default_batch_size = 64  # the paper's
     adam_betas = (0.0, 0.9)  # the paper's Adam settings for WGAN-GP
 
+    @classmethod
+    def defaults(cls, config: WGANGPConfig) -> dict:
+        return {"epochs": 10, "batch_size": 64, "lr": 1e-4}  # the paper's lr and batch
+
     def __init__(self, config: WGANGPConfig):
-        super().__init__(config)
-        self.phases = ("critic",) * config.critic_steps + ("generator",)
-        # `critic(images)` is DCGAN's discriminator read as an unbounded score. Its head has no
-        # bias: a constant cancels in E[D(x)] − E[D(G(z))] and in the penalty, so it would
-        # never get a gradient.
-        self.head = nn.Linear(self.head.in_features, 1, bias=False)
+        # No dropout and no translation: both would change the critic whose input gradient the
+        # penalty constrains. The head has no bias: a constant cancels in E[D(x)] − E[D(G(z))]
+        # and in the penalty, so it would never get a gradient.
+        norm = None if config.d_norm == "none" else config.d_norm
+        super().__init__(config, d_norm=norm, d_dropout=0.0, max_shift=0, head_bias=False)
+        self.phases = ("critic",) * self.config.critic_steps + ("generator",)
 
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         return super().phase_parameters("generator" if phase == "generator" else "discriminator")
@@ -95,7 +95,7 @@ class WGANGP(DCGAN):
         """The critic's loss −W + λ·GP, the W estimate and the penalty, on fresh noise and ε."""
         z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         with torch.no_grad():
-            fake = self.generate(z)
+            fake = self.decode(z)
         wasserstein = self.critic(x).mean() - self.critic(fake).mean()
         eps = torch.rand(x.shape[0], device=x.device)  # one interpolation coefficient per example
         gp = gradient_penalty(self.critic, x, fake, eps)
@@ -108,7 +108,7 @@ class WGANGP(DCGAN):
             logs = {"critic_loss": loss.detach() * share, "wasserstein": wasserstein.detach() * share, "gp": gp.detach() * share}
             return LossOutput(loss=loss, logs=logs)
         z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        g_loss = -self.critic(self.generate(z)).mean()
+        g_loss = -self.critic(self.decode(z)).mean()
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})
 
     def eval_losses(self, x, y) -> dict[str, torch.Tensor]:
@@ -120,5 +120,5 @@ class WGANGP(DCGAN):
         with torch.inference_mode(False), torch.enable_grad():
             loss, wasserstein, gp = self._critic_terms(x.clone())
         with torch.no_grad():
-            g_loss = -self.critic(self.generate(torch.randn(x.shape[0], self.config.latent_dim, device=x.device))).mean()
+            g_loss = -self.critic(self.decode(torch.randn(x.shape[0], self.config.latent_dim, device=x.device))).mean()
         return {"critic_loss": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach(), "g_loss": g_loss}
