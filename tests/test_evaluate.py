@@ -285,6 +285,32 @@ def test_evaluate_run_gives_the_metrics_the_model_supports(name, tiny_runs, tiny
     json.dumps(results)  # JSON-ready
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_measured_metric_has_its_row_in_the_metrics_table(name, tiny_runs, tiny_bundle):
+    """The table in metrics.py is the one place a metric is described: whatever evaluate_run
+    measures has a row there (group, direction, note), and its note reaches eval.json."""
+    from genlab.metrics import BY_NAME, METRICS
+
+    run = load_run(tiny_runs[name], device="cpu")
+    results = evaluate_run(run, data=tiny_bundle, seed=0, **SMALL)
+    assert set(results["metrics"]) <= set(BY_NAME)
+    assert set(results["seconds"]) == {BY_NAME[k].group for k in results["metrics"]}
+    for metric in METRICS:
+        if metric.name in results["metrics"] and metric.note:
+            assert metric.note.split(":")[0] in " ".join(results["notes"]), metric.name
+
+
+def test_the_table_drives_the_rankings_the_headline_and_the_eval_printout():
+    from genlab.evaluate import format_results
+    from genlab.metrics import BY_NAME, HEADLINE, RANKED
+
+    assert [m.name for m in RANKED] == ["recon_mse_per_pixel", "knn5_accuracy", "iwae_log_px_nats", "fid", "class_entropy"]
+    assert all(BY_NAME[name].headline for name in HEADLINE) and "fid" in HEADLINE
+    printed = format_results({"model": "gan", "seed": 0, "n_test": 10, "metrics": {"fid": 12.5, "recall": 0.5, "fid_floor": 2.0}})
+    assert "lower is better" in printed.splitlines()[1] and "higher is better" in printed.splitlines()[2]
+    assert printed.splitlines()[3].split() == ["fid_floor", "2"]  # a description, no direction
+
+
 @pytest.mark.parametrize("name", ["vae", "gan"])
 def test_evaluate_run_is_deterministic_for_a_seed(name, tiny_runs, tiny_bundle):
     run = load_run(tiny_runs[name], device="cpu")

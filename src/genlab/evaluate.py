@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError
+from .metrics import KNN_NEIGHBOURS, PR_NEIGHBOURS, PROB_EPS, direction, notes_for
+from .models.base import default_labels
 from .models.losses import gaussian_kl
 from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
-PR_NEIGHBOURS = 3  # k of the k-NN balls of precision / recall (Kynkäänniemi et al. use 3)
-KNN_NEIGHBOURS = 5  # k of the latent k-NN classifier
 DISTANCE_CHUNK = 2048  # rows of a pairwise-distance block: 2048 × 10k floats = 80 MB
 IW_MAX_ROWS = 16384  # decoder rows per IWAE call (images × importance samples): memory, not results
 
@@ -174,8 +174,6 @@ def knn_accuracy(train_z, train_y, test_z, test_y, k: int = KNN_NEIGHBOURS) -> f
 # --------------------------------------------------------------------------------------------
 # Reconstruction and likelihood
 # --------------------------------------------------------------------------------------------
-
-PROB_EPS = 1e-7  # reconstructed probabilities are clamped to [eps, 1 − eps] for the BCE
 
 
 def reconstruction_errors(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,11 +339,6 @@ def _write_cached(path: Path, ref: RealFeatures) -> None:
         pass  # a read-only cache only costs time
 
 
-# --------------------------------------------------------------------------------------------
-# evaluate_run
-# --------------------------------------------------------------------------------------------
-
-
 def _batched(fn, x: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
     """fn(x, labels=y) over x in batches (y None: unconditional), concatenated on the CPU."""
     out = []
@@ -353,6 +346,136 @@ def _batched(fn, x: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> to
         labels = None if y is None else y[start : start + batch_size]
         out.append(fn(x[start : start + batch_size], labels=labels).float().cpu())
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_run: one function per group of metrics (the table of names, directions and notes is
+# metrics.py), each returning its values
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """What the groups share: the model, the test split as scored, the seed and budgets, and
+    the notes and warnings that depend on the run rather than on a metric."""
+
+    run: object  # a runs.Run
+    data: DataBundle
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    seed: int
+    n_samples: int
+    iw_samples: int
+    batch_size: int
+    prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
+    classifier: object | None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    classifier_info: dict = field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.run.model
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """The test digits' labels for a conditional model (it is told them), else None."""
+        return self.y_test if self.model.conditional else None
+
+    def context(self) -> dict:
+        """The fields the metric notes of metrics.py are formatted with."""
+        return {
+            "n_test": len(self.x_test), "n_train": len(self.data.train_images), "n_samples": self.n_samples,
+            "iw_samples": self.iw_samples, "seed": self.seed, "likelihood_seed": self.seed + 1,
+        }
+
+
+def reconstruction_metrics(ctx: EvalContext) -> dict[str, float]:
+    x_hat = _batched(ctx.model.reconstruct, ctx.x_test, ctx.labels, ctx.batch_size)
+    mse, bce = reconstruction_errors(x_hat, ctx.x_test.cpu())
+    if ctx.model.conditional:
+        ctx.notes.append("The model is conditional: its reconstructions are decoded with each test digit's true label.")
+    return {"recon_mse_per_pixel": float(mse.mean()), "recon_bce_per_image": float(bce.mean())}
+
+
+def latent_metrics(ctx: EvalContext) -> dict[str, float]:
+    x_train, y_train = ctx.data.tensors("train", ctx.x_test.device)
+    if ctx.run.train_config.binarize:
+        x_train = fixed_binarization(x_train)
+    z_train = _batched(ctx.model.encode, x_train, y_train if ctx.model.conditional else None, ctx.batch_size)
+    z_test = _batched(ctx.model.encode, ctx.x_test, ctx.labels, ctx.batch_size)
+    return {f"knn{KNN_NEIGHBOURS}_accuracy": knn_accuracy(z_train, y_train.cpu(), z_test, ctx.y_test.cpu(), KNN_NEIGHBOURS)}
+
+
+def likelihood_metrics(ctx: EvalContext) -> dict[str, float]:
+    device = ctx.x_test.device
+    prior_log_prob = None if ctx.prior is None else ctx.prior.to(device).log_prob
+    elbo, kl, iwae = importance_weighted_bounds(
+        ctx.model, ctx.x_test, ctx.iw_samples, make_generator(ctx.seed + 1, device), ctx.labels, prior_log_prob=prior_log_prob
+    )
+    ctx.notes.append(
+        "elbo_nats and iwae_log_px_nats: lower bounds on log p(x) in nats per test digit (higher is better; "
+        "the negative log-likelihood is minus iwae_log_px_nats). Decoder likelihood: Bernoulli on pixels, "
+        "log p(x|z) = sum x log p + (1 - x) log(1 - p), p = sigmoid(decoder logits); "
+        + (
+            "the test digits are binary, so this is the setting of the binarised-MNIST papers (Burda et al. 2015: "
+            "86.76 nats for a one-stochastic-layer VAE trained on the 60,000 training digits). "
+            if ctx.run.train_config.binarize
+            else "grey pixels are soft targets, not a normalised density for grey values, so compare only with other "
+            "soft-target numbers, not with binarised-MNIST papers (train with --binarize for those). "
+        )
+        + "A VAE trained with MSE loss is still evaluated with the Bernoulli likelihood of its decoder means."
+    )
+    if ctx.model.conditional:
+        ctx.notes.append("The decoder is conditional: elbo_nats and iwae_log_px_nats bound log p(x | y) given each test digit's true label y.")
+    values = {"elbo_nats": float(elbo.mean()), "kl_nats": float(kl.mean()), "iwae_log_px_nats": float(iwae.mean())}
+    if not (math.isfinite(values["elbo_nats"]) and math.isfinite(values["iwae_log_px_nats"])):
+        ctx.warnings.append("the ELBO or IWAE bound is not finite: the decoder gives probability 0 to some test pixels")
+    return values
+
+
+def sample_metrics(ctx: EvalContext) -> dict[str, float]:
+    from .classifier import default_path, load_classifier, predict, provenance
+
+    model, n, device = ctx.model, ctx.n_samples, ctx.x_test.device
+    asked = default_labels(n, device) if model.conditional else None  # ten classes in turn
+    samples = ctx.run.sample(n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior)
+    ctx.notes.append(f"Samples drawn with torch.Generator(seed = {ctx.seed}) on {device}; same run + seed = same numbers.")
+    if n < 10000:
+        ctx.warnings.append(f"FID and precision/recall from {n} samples: both are biased for small n; compare runs only at equal n")
+    if ctx.data.name != "mnist":
+        ctx.warnings.append(f"sample metrics use a classifier of MNIST digits, but the data is {ctx.data.name}: read FID with care")
+    if not torch.isfinite(samples).all():
+        ctx.warnings.append("the model's samples contain NaN or infinite values: sample metrics skipped")
+        return {}
+    classifier = ctx.classifier
+    if classifier is None:
+        classifier = load_classifier(device=device)
+        made = provenance()
+        ctx.classifier_info = {"weights": default_path().name, "weights_sha256": made.get("weights_sha256"), "test_accuracy": made.get("test_accuracy")}
+    feats, pred = predict(classifier, samples)
+    real = reference_features(ctx.data.test_images, classifier, with_radii=True)
+    train = reference_features(ctx.data.train_images, classifier, with_radii=False)
+    values = {
+        "fid": frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma),
+        "fid_floor": frechet_distance(train.mu, train.sigma, real.mu, real.sigma),
+    }
+    values["precision"], values["recall"] = precision_recall(real.features, feats, PR_NEIGHBOURS, real.sq_radii)
+    hist = class_histogram(pred.cpu().numpy())
+    values["class_entropy"] = normalised_entropy(hist)
+    values.update({f"class_frac_{digit}": float(share) for digit, share in enumerate(hist)})
+    if asked is not None:
+        values["label_agreement"] = float((pred == asked.to(pred.device)).float().mean())
+    return values
+
+
+# Each group, the capability it needs and its function, in the order eval.json lists them.
+GROUPS = (
+    ("reconstruction", "can_encode", reconstruction_metrics),
+    ("latent", "can_encode", latent_metrics),
+    ("likelihood", "has_likelihood", likelihood_metrics),
+    ("samples", "can_sample", sample_metrics),
+)
 
 
 @torch.inference_mode()
@@ -370,7 +493,6 @@ def evaluate_run(
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
     "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers.
     `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
-    from .classifier import default_path, load_classifier, provenance
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
@@ -379,121 +501,27 @@ def evaluate_run(
         raise GenlabError(
             f"n_samples must be at least {PR_NEIGHBOURS + 1} and iw_samples at least 1, got {n_samples} and {iw_samples}"
         )
-    model = run.model.eval()
-    device = model.device
+    run.model.eval()
     data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)
-    x_test, y_test = data.tensors("test", device)
-    binarized = run.train_config.binarize
-    if binarized:  # the run learned binary pixels: score the same fixed binary test digits as its loss curves
+    x_test, y_test = data.tensors("test", run.model.device)
+    if run.train_config.binarize:  # the run learned binary pixels: score the same fixed binary test digits as its loss curves
         x_test = fixed_binarization(x_test)
-    metrics: dict[str, float] = {}
-    notes = [
-        f"Test split: {len(x_test)} digits ({data.source}). "
-        + (
-            "The run was trained with --binarize: reconstruction, latent and likelihood metrics use one fixed stochastic "
-            "binarisation of the test digits (and of the training digits for the latent k-NN); FID compares samples with "
-            "the grey test digits."
-            if binarized
-            else "Pixels are uint8/255 in [0, 1], never binarised."
-        ),
-    ]
-    warnings: list[str] = []
+    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, batch_size, prior, classifier)
     trained_on = other_training_data(run.info, data)
     if trained_on:
-        warnings.append(
+        ctx.warnings.append(
             f"scored on other data ({data.source}) than the run was trained with ({trained_on.get('source', '?')}): "
             "pass the training --data DIR (or GENLAB_DATA) to compare with its loss curves"
         )
+    metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    classifier_info: dict = {}
-    given = y_test if model.conditional else None  # a conditional model is told each test digit's label
-    labels_for = (lambda n: torch.arange(n, device=device) % NUM_CLASSES) if model.conditional else None
-
-    if model.can_encode:
-        t = time.perf_counter()
-        x_hat = _batched(model.reconstruct, x_test, given, batch_size)
-        mse, bce = reconstruction_errors(x_hat, x_test.cpu())
-        metrics["recon_mse_per_pixel"] = float(mse.mean())
-        metrics["recon_bce_per_image"] = float(bce.mean())
-        notes.append(
-            "recon_mse_per_pixel: squared error of reconstruct(x) averaged over pixels and test digits; "
-            "recon_bce_per_image: Bernoulli cross-entropy summed over the 784 pixels (grey pixels as soft targets, "
-            f"probabilities clamped to [{PROB_EPS:g}, 1 - {PROB_EPS:g}]), averaged over test digits, in nats; "
-            "its minimum is the entropy of the grey pixels themselves, not 0."
-        )
-        x_train, y_train = data.tensors("train", device)
-        if binarized:
-            x_train = fixed_binarization(x_train)
-        z_train = _batched(model.encode, x_train, y_train if model.conditional else None, batch_size)
-        z_test = _batched(model.encode, x_test, given, batch_size)
-        metrics[f"knn{KNN_NEIGHBOURS}_accuracy"] = knn_accuracy(z_train, y_train.cpu(), z_test, y_test.cpu(), KNN_NEIGHBOURS)
-        notes.append(
-            f"knn{KNN_NEIGHBOURS}_accuracy: a {KNN_NEIGHBOURS}-nearest-neighbour vote (Euclidean) fit on the latents of the "
-            f"{len(x_train)} training digits, scored on the latents of the test digits (a VAE's latent is its posterior mean)."
-        )
-        if model.conditional:
-            notes.append("The model is conditional: its reconstructions are decoded with each test digit's true label.")
-        seconds["reconstruction"] = time.perf_counter() - t
-
-    if model.has_likelihood:
-        t = time.perf_counter()
-        prior_log_prob = None if prior is None else prior.to(device).log_prob
-        elbo, kl, iwae = importance_weighted_bounds(
-            model, x_test, iw_samples, make_generator(seed + 1, device), given, prior_log_prob=prior_log_prob
-        )
-        metrics["elbo_nats"] = float(elbo.mean())
-        metrics["kl_nats"] = float(kl.mean())
-        metrics["iwae_log_px_nats"] = float(iwae.mean())
-        notes.append(
-            "elbo_nats and iwae_log_px_nats: lower bounds on log p(x) in nats per test digit (higher is better; "
-            "the negative log-likelihood is minus iwae_log_px_nats). Decoder likelihood: Bernoulli on pixels, "
-            "log p(x|z) = sum x log p + (1 - x) log(1 - p), p = sigmoid(decoder logits); "
-            + (
-                "the test digits are binary, so this is the setting of the binarised-MNIST papers (Burda et al. 2015: "
-                "86.76 nats for a one-stochastic-layer VAE trained on the 60,000 training digits). "
-                if binarized
-                else "grey pixels are soft targets, not a normalised density for grey values, so compare only with other "
-                "soft-target numbers, not with binarised-MNIST papers (train with --binarize for those). "
-            )
-            + "A VAE trained with MSE loss is still evaluated with the Bernoulli likelihood of its decoder means."
-        )
-        notes.append(
-            f"iwae_log_px_nats: importance-weighted bound (Burda et al. 2015) with K={iw_samples} samples of q(z|x) per "
-            f"test digit; elbo_nats: mean log p(x|z) over the same samples minus the analytic KL (kl_nats). "
-            f"Noise from torch.Generator(seed + 1 = {seed + 1})."
-        )
-        if given is not None:
-            notes.append("The decoder is conditional: elbo_nats and iwae_log_px_nats bound log p(x | y) given each test digit's true label y.")
-        seconds["likelihood"] = time.perf_counter() - t
-        if not (math.isfinite(metrics["elbo_nats"]) and math.isfinite(metrics["iwae_log_px_nats"])):
-            warnings.append("the ELBO or IWAE bound is not finite: the decoder gives probability 0 to some test pixels")
-
-    if model.can_sample:
-        t = time.perf_counter()
-        samples = run.sample(n_samples, seed=seed, labels=None if labels_for is None else labels_for(n_samples).cpu(), prior=prior)
-        if not torch.isfinite(samples).all():
-            warnings.append("the model's samples contain NaN or infinite values: sample metrics skipped")
-        else:
-            if classifier is None:
-                classifier = load_classifier(device=device)
-                made = provenance()
-                classifier_info = {
-                    "weights": default_path().name,
-                    "weights_sha256": made.get("weights_sha256"),
-                    "test_accuracy": made.get("test_accuracy"),
-                }
-            seconds["sampling"] = time.perf_counter() - t
+    for group, capability, measure in GROUPS:
+        if getattr(run.model, capability):  # a flag the base class declares
             t = time.perf_counter()
-            _sample_metrics(samples, data, classifier, labels_for, metrics, notes, warnings)
-            seconds["sample_metrics"] = time.perf_counter() - t
-    if n_samples < 10000 and model.can_sample:
-        warnings.append(f"FID and precision/recall from {n_samples} samples: both are biased for small n; compare runs only at equal n")
-    if data.name != "mnist" and model.can_sample:
-        warnings.append(f"sample metrics use a classifier of MNIST digits, but the data is {data.name}: read FID with care")
-    if model.can_sample:
-        notes.append(f"Samples drawn with torch.Generator(seed = {seed}) on {device}; same run + seed = same numbers.")
+            metrics.update(measure(ctx))
+            seconds[group] = round(time.perf_counter() - t, 3)
     if prior is not None:
-        notes.append(
+        ctx.notes.append(
             f"Prior: the Gaussian mixture of {prior.components} components fitted to the training codes (prior.safetensors, "
             "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
             "estimates over the same K samples."
@@ -502,47 +530,24 @@ def evaluate_run(
         "model": run.name,
         "seed": seed,
         "prior": "standard normal" if prior is None else f"gaussian mixture ({prior.components})",
-        "n_samples": n_samples if model.can_sample else 0,
+        "n_samples": n_samples if run.model.can_sample else 0,
         "iw_samples": iw_samples if "iwae_log_px_nats" in metrics else 0,
         "n_test": int(len(x_test)),
         "metrics": metrics,
-        "notes": notes,
-        "warnings": warnings,
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "classifier": classifier_info,
+        "notes": [_split_note(data, x_test, run.train_config.binarize), *notes_for(metrics, ctx.context()), *ctx.notes],
+        "warnings": ctx.warnings,
+        "seconds": seconds,
+        "classifier": ctx.classifier_info,
     }
 
 
-def _sample_metrics(samples, data: DataBundle, classifier, labels_for, metrics: dict, notes: list, warnings: list) -> None:
-    from .classifier import predict
-
-    feats, pred = predict(classifier, samples)
-    real = reference_features(data.test_images, classifier, with_radii=True)
-    train = reference_features(data.train_images, classifier, with_radii=False)
-    metrics["fid"] = frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma)
-    metrics["fid_floor"] = frechet_distance(train.mu, train.sigma, real.mu, real.sigma)
-    metrics["precision"], metrics["recall"] = precision_recall(real.features, feats, PR_NEIGHBOURS, real.sq_radii)
-    hist = class_histogram(pred.cpu().numpy())
-    metrics["class_entropy"] = normalised_entropy(hist)
-    for digit, share in enumerate(hist):
-        metrics[f"class_frac_{digit}"] = float(share)
-    if labels_for is not None:
-        asked = labels_for(len(samples)).to(pred.device)
-        metrics["label_agreement"] = float((pred == asked).float().mean())
-        notes.append("label_agreement: share of samples the classifier assigns the digit they were generated for (ten classes in turn).")
-    notes.append(
-        f"fid: Fréchet distance (Heusel et al. 2017) between {len(samples)} samples and the {len(data.test_images)} test digits "
-        "on the 128-d penultimate features of genlab's MNIST classifier (not Inception: not comparable with FIDs in papers). "
-        f"fid_floor: the same for the {len(data.train_images)} training digits against the test digits, what a perfect model "
-        "would approach (FID grows as the sample count falls)."
-    )
-    notes.append(
-        f"precision / recall: k-NN manifolds with k={PR_NEIGHBOURS} (Kynkäänniemi et al. 2019) in the same features; "
-        "precision = share of samples inside the test digits' manifold, recall = share of test digits inside the samples' manifold."
-    )
-    notes.append(
-        "class_frac_d: share of samples the classifier labels as digit d; class_entropy: entropy of that histogram "
-        "divided by log 10 (1.0 = all ten digits equally often, 0 = a single digit)."
+def _split_note(data: DataBundle, x_test: torch.Tensor, binarized: bool) -> str:
+    return f"Test split: {len(x_test)} digits ({data.source}). " + (
+        "The run was trained with --binarize: reconstruction, latent and likelihood metrics use one fixed stochastic "
+        "binarisation of the test digits (and of the training digits for the latent k-NN); FID compares samples with "
+        "the grey test digits."
+        if binarized
+        else "Pixels are uint8/255 in [0, 1], never binarised."
     )
 
 
@@ -582,6 +587,6 @@ def format_results(results: dict) -> str:
         head += f", prior: {results['prior']}"
     metrics = results["metrics"]
     width = max((len(k) for k in metrics), default=0)
-    lines = [head] + [f"  {k:<{width}}  {v:.6g}" for k, v in metrics.items()]
+    lines = [head] + [f"  {k:<{width}}  {v:<12.6g}{direction(k)}".rstrip() for k, v in metrics.items()]
     lines += [f"warning: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)

@@ -78,15 +78,12 @@ def _finished(run_dir: Path, epochs: int | None) -> bool:
     return epochs is None or train_config.epochs == epochs
 
 
-# The figures the lab prints per model after measuring it (all of them go to eval.json).
-HEADLINE_METRICS = ("recon_mse_per_pixel", "knn5_accuracy", "iwae_log_px_nats", "fid", "precision", "recall", "class_entropy")
-
-
 def _evaluate(run, data, seed: int, log) -> None:
     """Measure the run (genlab.evaluate) and store eval.json beside it, for the report."""
     from .evaluate import evaluate_run, write_eval
+    from .metrics import HEADLINE
 
     results = evaluate_run(run, data=data, seed=seed)
     write_eval(run.path, results)
-    shown = [f"{k} {results['metrics'][k]:.4g}" for k in HEADLINE_METRICS if k in results["metrics"]]
+    shown = [f"{k} {results['metrics'][k]:.4g}" for k in HEADLINE if k in results["metrics"]]
     log(f"{run.name}: {', '.join(shown)}")

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .evaluate import read_eval
+from .metrics import RANKED
 from .models import get_model_class
 from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
 from .utils import atomic_write_text
@@ -110,16 +111,6 @@ def _summary_table(runs: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-# How to rank models on a metric: (metric, label, True if lower is better).
-RANKINGS = (
-    ("fid", "sample quality (FID on the classifier's features, lower is better)", True),
-    ("class_entropy", "digit coverage of samples (normalised class entropy, 1 = all ten equally)", False),
-    ("iwae_log_px_nats", "test log-likelihood (IWAE bound, nats per image, higher is better)", False),
-    ("recon_mse_per_pixel", "reconstruction (MSE per pixel, lower is better)", True),
-    ("knn5_accuracy", "latent codes that separate digits (5-NN accuracy, higher is better)", False),
-)
-
-
 def _metric(run: dict, key: str):
     value = run["eval"].get("metrics", {}).get(key)
     return value if isinstance(value, (int, float)) else None
@@ -175,11 +166,11 @@ def _metrics_table(runs: list[dict]) -> str:
     if any(histograms):
         body.append("<tr><td>class histogram of samples</td>" + "".join(f"<td style='font-size:.8em'>{h}</td>" for h in histograms) + "</tr>")
     ranking = []
-    for key, label, lower_better in RANKINGS:
-        scored = [(r["name"], _metric(r, key)) for r in runs if _metric(r, key) is not None]
+    for metric in RANKED:  # metrics.py says which metrics rank models, and which way
+        scored = [(r["name"], _metric(r, metric.name)) for r in runs if _metric(r, metric.name) is not None]
         if len(scored) >= 2:
-            scored.sort(key=lambda item: item[1], reverse=not lower_better)
-            ranking.append(f"<li>{html.escape(label)}: " + " &gt; ".join(f"<b>{n}</b> ({v:.4g})" for n, v in scored) + "</li>")
+            scored.sort(key=lambda item: item[1], reverse=metric.higher_is_better)
+            ranking.append(f"<li>{html.escape(metric.label)}: " + " &gt; ".join(f"<b>{n}</b> ({v:.4g})" for n, v in scored) + "</li>")
     rank_html = f"<h3>Ranking, best first</h3><ul>{''.join(ranking)}</ul>" if ranking else ""
     notes = {n for r in runs for n in r["eval"].get("notes", [])}
     note_html = "".join(f"<li>{html.escape(str(n))}</li>" for n in sorted(notes))
