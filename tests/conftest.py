@@ -32,18 +32,29 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-N_TRAIN, N_TEST = 200, 60
+N_TRAIN, N_TEST = 200, 60  # tiny: a 1-epoch run of any model takes well under a second
+QUIET = dict(progress=False, log=lambda _: None)  # fit(..., **QUIET): no bar, no log lines
 
 # What each registered model can do, written out by hand: the tests check the models' own
 # capability flags against these, and the CLI, figures and metrics against the flags.
 CAN_ENCODE = {"ae", "vae", "cvae", "aae"}
 CAN_SAMPLE = {"vae", "cvae", "aae", "gan", "dcgan", "cgan", "wgan_gp"}
 HAS_LIKELIHOOD = {"vae", "cvae"}
-CONDITIONAL = {"cvae", "cgan"}  # tiny: a 1-epoch run of any model takes well under a second
+CONDITIONAL = {"cvae", "cgan"}
 
 
 def _refuse_network(*args, **kwargs):
     raise OSError("network access is disabled in the test suite")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread in every test (and, by OMP_NUM_THREADS above, in subprocesses): the
+    same reduction order everywhere, so bitwise comparisons across processes are fair, and no
+    thread thrashing on a busy machine. Restored after a test that changes it."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +80,22 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         images[i, 4 + 2 * c, 3:25] = 255
         images[i, 3:25, 4 + 2 * c] = 200
     return images, labels
+
+
+def image_batch(n: int = 20, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """n synthetic digits as a model takes them: (n, 1, 28, 28) floats in [0, 1], (n,) labels."""
+    images, labels = synthetic_digits(n, seed=seed)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def input_recorder(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Record the first positional input of every call of `module` (what a layer was fed)."""
+    seen: list[torch.Tensor] = []
+    module.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    return seen
+
+
+SMALL_CONV = dict(channels=(4, 8))  # conv channels small enough for a fast test
 
 
 def write_idx_folder(
@@ -167,6 +194,19 @@ def run_cli(*argv) -> tuple[int, str, str]:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
     return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
+    """`result` of `run_cli` is a user error: exit status 2 and one line on stderr, starting with
+    'genlab', no traceback, holding every fragment. Returns the line."""
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("genlab") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Bad input and numerical trouble (issue 4, items 3 and 4).
+"""Bad input and numerical trouble.
 
 Bad input — broken data files, unusable output folders, invalid options, foreign or broken run
 folders — gets one clear line on stderr and exit status 2 from `genlab`, never a traceback, and
@@ -24,49 +24,20 @@ import torch
 import genlab.runs as runs_module
 import genlab.train as train_module
 import genlab.utils as utils_module
-from conftest import tiny_train_config, write_idx_folder
+from conftest import QUIET, assert_one_line_error, run_cli, tiny_train_config, write_idx_folder
 from genlab import MODELS, fit, load_run
-from genlab.cli import main
 from genlab.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, write_idx
 from genlab.errors import TrainingDiverged
 from genlab.health import epoch_health, sample_diversity
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
-QUIET = dict(progress=False, log=lambda _: None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only cost time on a busy machine
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def genlab(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in process: (exit status, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors exit from inside parse_args
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -172,22 +143,22 @@ BROKEN_DATA = {
 
 
 @pytest.mark.parametrize("case", list(BROKEN_DATA))
-def test_broken_data_is_one_line_and_creates_nothing(case, tmp_path, capsys):
+def test_broken_data_is_one_line_and_creates_nothing(case, tmp_path):
     damage, fragments = BROKEN_DATA[case]
     data_dir = write_idx_folder(tmp_path / "idx")
     damage(data_dir)
     out = tmp_path / "run"
-    assert_one_line_error(genlab(capsys, *train_args("ae", data_dir, out)), *fragments)
+    assert_one_line_error(run_cli(*train_args("ae", data_dir, out)), *fragments)
     assert not out.exists()  # refused before the run folder was made
 
 
 @pytest.mark.parametrize("case", ["corrupt gzip", "counts differ", "data folder missing"])
-def test_broken_data_with_overwrite_keeps_the_old_run(case, vae_run, tmp_path, capsys):
+def test_broken_data_with_overwrite_keeps_the_old_run(case, vae_run, tmp_path):
     damage, fragments = BROKEN_DATA[case]
     data_dir = write_idx_folder(tmp_path / "idx")
     damage(data_dir)
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, *train_args("vae", data_dir, vae_run, "--overwrite")), *fragments)
+    assert_one_line_error(run_cli(*train_args("vae", data_dir, vae_run, "--overwrite")), *fragments)
     assert snapshot(vae_run) == before
 
 
@@ -196,16 +167,16 @@ def test_broken_data_with_overwrite_keeps_the_old_run(case, vae_run, tmp_path, c
 # --------------------------------------------------------------------------------------------
 
 
-def test_existing_output_folder_is_refused_without_resume_or_overwrite(vae_run, tiny_data_dir, capsys):
+def test_existing_output_folder_is_refused_without_resume_or_overwrite(vae_run, tiny_data_dir):
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, *train_args("vae", tiny_data_dir, vae_run)), str(vae_run), "--resume", "--overwrite")
+    assert_one_line_error(run_cli(*train_args("vae", tiny_data_dir, vae_run)), str(vae_run), "--resume", "--overwrite")
     assert snapshot(vae_run) == before
 
 
-def test_overwrite_replaces_the_run_but_keeps_the_users_files(vae_run, tiny_data_dir, capsys):
+def test_overwrite_replaces_the_run_but_keeps_the_users_files(vae_run, tiny_data_dir):
     (vae_run / "my-notes.txt").write_text("keep me")
     old_weights = (vae_run / WEIGHTS_FILE).read_bytes()
-    code, _, err = genlab(capsys, *train_args("vae", tiny_data_dir, vae_run, "--overwrite", "--seed", "5"))
+    code, _, err = run_cli(*train_args("vae", tiny_data_dir, vae_run, "--overwrite", "--seed", "5"))
     assert code == 0, err
     assert (vae_run / "my-notes.txt").read_text() == "keep me"
     assert (vae_run / WEIGHTS_FILE).read_bytes() != old_weights
@@ -213,21 +184,21 @@ def test_overwrite_replaces_the_run_but_keeps_the_users_files(vae_run, tiny_data
 
 
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--latent-dim", "0"], ["--batch-size", "100000"], ["--lr", "nan"]])
-def test_invalid_option_with_overwrite_keeps_the_old_run(bad, vae_run, tiny_data_dir, capsys):
+def test_invalid_option_with_overwrite_keeps_the_old_run(bad, vae_run, tiny_data_dir):
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, *train_args("vae", tiny_data_dir, vae_run, "--overwrite", *bad)))
+    assert_one_line_error(run_cli(*train_args("vae", tiny_data_dir, vae_run, "--overwrite", *bad)))
     assert snapshot(vae_run) == before
 
 
-def test_output_path_under_a_file_is_not_writable(tmp_path, tiny_data_dir, capsys):
+def test_output_path_under_a_file_is_not_writable(tmp_path, tiny_data_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_one_line_error(genlab(capsys, *train_args("ae", tiny_data_dir, blocker / "run")), "cannot write to", "Not a directory")
+    assert_one_line_error(run_cli(*train_args("ae", tiny_data_dir, blocker / "run")), "cannot write to", "Not a directory")
     assert blocker.read_text() == "not a folder"
-    assert_one_line_error(genlab(capsys, *train_args("ae", tiny_data_dir, blocker)), "exists and is not a folder")
+    assert_one_line_error(run_cli(*train_args("ae", tiny_data_dir, blocker)), "exists and is not a folder")
 
 
-def test_output_folder_without_permission(tmp_path, tiny_data_dir, capsys, monkeypatch):
+def test_output_folder_without_permission(tmp_path, tiny_data_dir, monkeypatch):
     # The tests may run as root, who can write anywhere: refuse the write probe instead.
     real_write_bytes = pathlib.Path.write_bytes
 
@@ -237,11 +208,11 @@ def test_output_folder_without_permission(tmp_path, tiny_data_dir, capsys, monke
         return real_write_bytes(self, data)
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
-    assert_one_line_error(genlab(capsys, *train_args("ae", tiny_data_dir, tmp_path / "run")), "cannot write to", "Permission denied")
+    assert_one_line_error(run_cli(*train_args("ae", tiny_data_dir, tmp_path / "run")), "cannot write to", "Permission denied")
     assert not (tmp_path / "run" / CONFIG_FILE).exists()
 
 
-def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, tiny_data_dir, capsys):
+def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, tiny_data_dir):
     run_dir = tmp_path / "vae"
     real_atomic_write = runs_module.atomic_write_bytes
     checkpoint_writes = []
@@ -260,14 +231,14 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, tiny_data_dir
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs_module, "atomic_write_bytes", disk_full_at_second_checkpoint)
-        result = genlab(capsys, *train_args("vae", tiny_data_dir, run_dir, "--epochs", "3"))
+        result = run_cli(*train_args("vae", tiny_data_dir, run_dir, "--epochs", "3"))
     assert_one_line_error(result, "cannot write", CHECKPOINT_FILE, "No space left on device", "previous version is kept")
     meta = load_tensors(run_dir / CHECKPOINT_FILE)[1]  # whole and readable
     assert meta["loop"]["epoch"] == 1
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1]
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     # once there is room again, the run continues from epoch 2
-    code, out, err = genlab(capsys, "resume", run_dir, "--quiet")
+    code, out, err = run_cli("resume", run_dir, "--quiet")
     assert code == 0, err
     assert "at epoch 2" in out
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]
@@ -294,15 +265,15 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path, tiny_data_dir
         (["--device", "warp-drive"], "unknown device 'warp-drive'"),
     ],
 )
-def test_invalid_option_values(extra, fragment, tmp_path, tiny_data_dir, capsys):
+def test_invalid_option_values(extra, fragment, tmp_path, tiny_data_dir):
     out = tmp_path / "run"
-    assert_one_line_error(genlab(capsys, *train_args("vae", tiny_data_dir, out, *extra)), fragment)
+    assert_one_line_error(run_cli(*train_args("vae", tiny_data_dir, out, *extra)), fragment)
     assert not out.exists()
 
 
-def test_unknown_model(tmp_path, tiny_data_dir, capsys):
-    assert_one_line_error(genlab(capsys, "train", "transformer", "--out", tmp_path / "run"), "invalid choice: 'transformer'")
-    assert_one_line_error(genlab(capsys, "lab", "--models", "ae,transformer", "--out", tmp_path / "lab"), "unknown model 'transformer'")
+def test_unknown_model(tmp_path, tiny_data_dir):
+    assert_one_line_error(run_cli("train", "transformer", "--out", tmp_path / "run"), "invalid choice: 'transformer'")
+    assert_one_line_error(run_cli("lab", "--models", "ae,transformer", "--out", tmp_path / "lab"), "unknown model 'transformer'")
     assert not (tmp_path / "run").exists() and not (tmp_path / "lab").exists()
 
 
@@ -311,36 +282,36 @@ def test_unknown_model(tmp_path, tiny_data_dir, capsys):
 # --------------------------------------------------------------------------------------------
 
 
-def test_checkpoint_from_another_model_is_refused(vae_run, finished_runs, capsys):
+def test_checkpoint_from_another_model_is_refused(vae_run, finished_runs):
     shutil.copy(finished_runs["ae"] / CHECKPOINT_FILE, vae_run / CHECKPOINT_FILE)
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, "resume", vae_run, "--epochs", "3"), "checkpoint of model 'ae'", "'vae'")
+    assert_one_line_error(run_cli("resume", vae_run, "--epochs", "3"), "checkpoint of model 'ae'", "'vae'")
     assert snapshot(vae_run) == before
 
 
-def test_checkpoint_from_another_architecture_is_refused(vae_run, finished_runs, capsys):
+def test_checkpoint_from_another_architecture_is_refused(vae_run, finished_runs):
     shutil.copy(finished_runs["vae_narrow"] / CHECKPOINT_FILE, vae_run / CHECKPOINT_FILE)
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, "resume", vae_run, "--epochs", "3"), "shape", "another architecture")
+    assert_one_line_error(run_cli("resume", vae_run, "--epochs", "3"), "shape", "another architecture")
     assert snapshot(vae_run) == before
 
 
 @pytest.mark.parametrize("source, fragment", [("ae", "weights of model 'ae'"), ("vae_narrow", "shape")])
-def test_weights_from_another_model_or_architecture_are_refused(source, fragment, vae_run, finished_runs, tmp_path, capsys):
+def test_weights_from_another_model_or_architecture_are_refused(source, fragment, vae_run, finished_runs, tmp_path):
     shutil.copy(finished_runs[source] / WEIGHTS_FILE, vae_run / WEIGHTS_FILE)
-    assert_one_line_error(genlab(capsys, "sample", vae_run, "-n", "4", "-o", tmp_path / "s.npy"), fragment)
+    assert_one_line_error(run_cli("sample", vae_run, "-n", "4", "-o", tmp_path / "s.npy"), fragment)
     assert not (tmp_path / "s.npy").exists()
 
 
 @pytest.mark.parametrize("file, command", [(WEIGHTS_FILE, "sample"), (CHECKPOINT_FILE, "resume"), (WEIGHTS_FILE, "plot")])
-def test_truncated_weights_file_is_refused(file, command, vae_run, tmp_path, capsys):
+def test_truncated_weights_file_is_refused(file, command, vae_run, tmp_path):
     data = (vae_run / file).read_bytes()
     (vae_run / file).write_bytes(data[: len(data) // 2])
     if command == "resume":
         (vae_run / WEIGHTS_FILE).unlink()  # an unfinished run: resume has to read the checkpoint
     before = snapshot(vae_run)
     args = {"sample": ["sample", vae_run, "-o", tmp_path / "s.npy"], "resume": ["resume", vae_run], "plot": ["plot", vae_run]}[command]
-    assert_one_line_error(genlab(capsys, *args), file, "not a readable safetensors file")
+    assert_one_line_error(run_cli(*args), file, "not a readable safetensors file")
     assert snapshot(vae_run) == before
 
 
@@ -364,7 +335,7 @@ BAD_CONFIGS = {
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 @pytest.mark.parametrize("command", ["resume", "sample", "train --resume"])
-def test_config_that_fails_validation_is_refused(case, command, vae_run, tmp_path, tiny_data_dir, capsys):
+def test_config_that_fails_validation_is_refused(case, command, vae_run, tmp_path, tiny_data_dir):
     damage, fragment = BAD_CONFIGS[case]
     damage(vae_run)
     before = snapshot(vae_run)
@@ -373,33 +344,33 @@ def test_config_that_fails_validation_is_refused(case, command, vae_run, tmp_pat
         "sample": ["sample", vae_run, "-o", tmp_path / "s.npy"],
         "train --resume": train_args("vae", tiny_data_dir, vae_run, "--resume", "--epochs", "3"),
     }[command]
-    assert_one_line_error(genlab(capsys, *args), CONFIG_FILE, fragment)
+    assert_one_line_error(run_cli(*args), CONFIG_FILE, fragment)
     assert snapshot(vae_run) == before
 
 
-def test_resume_with_other_data_is_refused(vae_run, tmp_path, capsys):
+def test_resume_with_other_data_is_refused(vae_run, tmp_path):
     other = write_idx_folder(tmp_path / "other-idx", n_train=210)  # other digits
     _edit_config(vae_run, lambda c: c["train"].update(data_dir=str(other)))
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, "resume", vae_run, "--epochs", "3"), "trained on other data", "resume with the same data")
+    assert_one_line_error(run_cli("resume", vae_run, "--epochs", "3"), "trained on other data", "resume with the same data")
     assert snapshot(vae_run) == before
 
 
-def test_resume_to_fewer_epochs_than_done_is_refused(vae_run, capsys):
+def test_resume_to_fewer_epochs_than_done_is_refused(vae_run):
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, "resume", vae_run, "--epochs", "1"), "already trained 2 epochs", "--epochs 2")
+    assert_one_line_error(run_cli("resume", vae_run, "--epochs", "1"), "already trained 2 epochs", "--epochs 2")
     assert snapshot(vae_run) == before
 
 
-def test_train_resume_of_another_models_run_is_refused(vae_run, tiny_data_dir, capsys):
+def test_train_resume_of_another_models_run_is_refused(vae_run, tiny_data_dir):
     before = snapshot(vae_run)
-    assert_one_line_error(genlab(capsys, *train_args("ae", tiny_data_dir, vae_run, "--resume")), "holds a 'vae' run, not 'ae'")
+    assert_one_line_error(run_cli(*train_args("ae", tiny_data_dir, vae_run, "--resume")), "holds a 'vae' run, not 'ae'")
     assert snapshot(vae_run) == before
 
 
-def test_missing_run_folder(tmp_path, capsys):
-    assert_one_line_error(genlab(capsys, "resume", tmp_path / "nowhere"), "run folder", "nowhere", "does not exist")
-    assert_one_line_error(genlab(capsys, "sample", tmp_path / "nowhere", "-o", tmp_path / "s.npy"), "does not exist")
+def test_missing_run_folder(tmp_path):
+    assert_one_line_error(run_cli("resume", tmp_path / "nowhere"), "run folder", "nowhere", "does not exist")
+    assert_one_line_error(run_cli("sample", tmp_path / "nowhere", "-o", tmp_path / "s.npy"), "does not exist")
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -409,9 +380,9 @@ def test_missing_run_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["ae", "vae", "gan"])
-def test_huge_learning_rate_stops_with_the_step_and_the_lr(model, tmp_path, tiny_data_dir, capsys):
+def test_huge_learning_rate_stops_with_the_step_and_the_lr(model, tmp_path, tiny_data_dir):
     line = assert_one_line_error(
-        genlab(capsys, *train_args(model, tiny_data_dir, tmp_path / model, "--lr", "1e30", "--epochs", "3")),
+        run_cli(*train_args(model, tiny_data_dir, tmp_path / model, "--lr", "1e30", "--epochs", "3")),
         "became NaN/inf at step", "learning rate 1e+30", "--lr 1e+29",
     )
     assert "no checkpoint was written before it" in line  # it diverges in its first steps
@@ -434,18 +405,18 @@ def _nan_loss_at_call(monkeypatch, model: str, bad_call: int) -> None:
 
 
 @pytest.mark.parametrize("model, bad_call, bad_step", [("vae", 5, 5), ("gan", 9, 5)])  # GAN: 2 calls per step
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model, bad_call, bad_step, tmp_path, tiny_data_dir, capsys):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(model, bad_call, bad_step, tmp_path, tiny_data_dir):
     run_dir = tmp_path / model
     with pytest.MonkeyPatch.context() as mp:
         _nan_loss_at_call(mp, model, bad_call)
         line = assert_one_line_error(
-            genlab(capsys, *train_args(model, tiny_data_dir, run_dir, "--checkpoint-every", "3", "--epochs", "2")),
+            run_cli(*train_args(model, tiny_data_dir, run_dir, "--checkpoint-every", "3", "--epochs", "2")),
             f"NaN/inf at step {bad_step} (epoch 1)", "learning rate", "last good checkpoint (step 3, 0 epochs done)", str(run_dir),
         )
     run = load_run(run_dir, weights="checkpoint")  # loadable, and load_run refuses non-finite tensors
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
     assert not (run_dir / WEIGHTS_FILE).exists() and line
-    code, _, err = genlab(capsys, "resume", run_dir, "--quiet")  # and it can be continued
+    code, _, err = run_cli("resume", run_dir, "--quiet")  # and it can be continued
     assert code == 0, err
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
 

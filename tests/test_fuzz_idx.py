@@ -1,4 +1,4 @@
-"""Robust data reading (issue 4, item 6): the IDX reader fed random and mutated files.
+"""Robust data reading: the IDX reader fed random and mutated files.
 
 Whatever bytes it is given — noise, valid files with flipped bits, cut short, with edited
 headers, gzipped or gzip-corrupted — `parse_idx` / `read_idx` / `check_images_labels` either

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CAN_ENCODE, CAN_SAMPLE, CONDITIONAL, HAS_LIKELIHOOD, synthetic_digits
+from conftest import CAN_ENCODE, CAN_SAMPLE, CONDITIONAL, HAS_LIKELIHOOD, image_batch
 from genlab.config import from_dict, to_dict
 from genlab.errors import GenlabError
 from genlab.models import MODELS, GenerativeModel, NotSupported, get_model_class, register
@@ -22,8 +22,7 @@ BATCH = 16
 
 
 def _batch(n: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = synthetic_digits(n, seed=3)
-    return torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
+    return image_batch(n, seed=3)
 
 
 def _model(name: str, seed: int = 0) -> GenerativeModel:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_digits, tiny_train_config
+from conftest import QUIET, synthetic_digits, tiny_train_config
 from genlab import fit, load_run
 from genlab.cli import build_parser
 from genlab.data import read_idx
@@ -23,7 +23,6 @@ from genlab.models.cvae import CVAEConfig
 from genlab.models.neighbors import NeighborEmbedding, contrastive_neighbor_loss, neighbor_graph
 from genlab.models.vae import VAE, VAEConfig
 
-QUIET = dict(progress=False, log=lambda _: None)
 
 
 def _digits(n: int = 40) -> torch.Tensor:

@@ -158,3 +158,14 @@ def test_reconstructions_show_digits_from_across_the_test_split(tiny_runs, tmp_p
     plots.plot_reconstructions(run, x, tmp_path / "r.png", n=10)
     firsts = shown[0][:, 0, 0, 0].mul(100).round().long().tolist()
     assert firsts == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_figure_of_each_model_is_written_and_not_empty(name, tiny_runs, tiny_bundle):
+    from genlab import plots
+
+    run = load_run(tiny_runs[name])
+    figures = plots.make_figures(run, tiny_bundle)
+    assert set(figures) == expected_figures(run.model)
+    for path in figures.values():
+        assert path.is_file() and path.stat().st_size > 1000

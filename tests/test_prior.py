@@ -11,12 +11,12 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from conftest import TINY_CLI_OPTIONS, run_cli
+from conftest import TINY_CLI_OPTIONS, assert_one_line_error, run_cli
 from genlab import cli as genlab_cli
 from genlab.evaluate import bernoulli_log_likelihood, importance_weighted_bounds
 from genlab.prior import DEFAULT_COMPONENTS, PRIOR_FILE, MixturePrior, fit_mixture_prior, load_prior, save_prior
 from genlab.utils import make_generator
-from test_cli import assert_one_line_error
+
 from test_evaluate import _tiny_vae  # a 1-D-latent VAE whose exact log p(x) a grid gives
 
 
@@ -100,9 +100,9 @@ def test_fit_prior_then_sample_and_eval_with_it(tiny_runs, session_data_dir, tmp
     run_dir = tmp_path / "vae"
     shutil.copytree(tiny_runs["vae"], run_dir)  # the session's run stays as other tests expect it
     code, _, err = run_cli("sample", run_dir, "--prior", "gmm", "-n", 8, "-o", tmp_path / "x.npy")
-    assert_one_line_error(code, err, "genlab fit-prior")
+    assert_one_line_error((code, "", err), "genlab fit-prior")
     code, _, err = run_cli("fit-prior", run_dir, "--components", 100000)
-    assert_one_line_error(code, err, "more than the")
+    assert_one_line_error((code, "", err), "more than the")
     assert not (run_dir / PRIOR_FILE).exists()
 
     code, out, err = run_cli("fit-prior", run_dir, "--components", 4)
@@ -128,7 +128,7 @@ def test_fit_prior_then_sample_and_eval_with_it(tiny_runs, session_data_dir, tmp
     # Trained further, the run has other weights: the old mixture is refused, not silently used.
     assert run_cli("resume", run_dir, "--epochs", 2, "--quiet")[0] == 0
     code, _, err = run_cli("sample", run_dir, "--prior", "gmm", "-o", tmp_path / "late.npy")
-    assert_one_line_error(code, err, "fitted to other weights", "genlab fit-prior")
+    assert_one_line_error((code, "", err), "fitted to other weights", "genlab fit-prior")
     assert run_cli("fit-prior", run_dir, "--components", 4)[0] == 0
     assert run_cli("sample", run_dir, "--prior", "gmm", "-o", tmp_path / "late.npy")[0] == 0
     # --overwrite starts a new run: the old run's prior and its metrics go with it.
@@ -144,14 +144,14 @@ def test_fit_prior_refuses_other_data_than_the_run_trained_on(tiny_runs, tmp_pat
     config["data"]["sha256"] = "0" * 64  # as if trained on other digits than its data folder holds now
     (run_dir / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli("fit-prior", run_dir, "--components", 4)
-    assert_one_line_error(code, err, "trained on other data", "same data")
+    assert_one_line_error((code, "", err), "trained on other data", "same data")
     assert not (run_dir / PRIOR_FILE).exists()
 
 
 @pytest.mark.parametrize("name", ["gan", "ae", "cvae"])
 def test_fit_prior_needs_a_vae(tiny_runs, name, tmp_path):
     code, _, err = run_cli("fit-prior", tiny_runs[name])
-    assert_one_line_error(code, err, "needs a vae run")
+    assert_one_line_error((code, "", err), "needs a vae run")
     assert not (tiny_runs[name] / PRIOR_FILE).exists()
     code, _, err = run_cli("sample", tiny_runs["cvae"], "--prior", "gmm", "-o", tmp_path / "x.npy")
-    assert_one_line_error(code, err, "needs a vae run")
+    assert_one_line_error((code, "", err), "needs a vae run")

@@ -1,4 +1,4 @@
-"""Crash and resume, atomic writes and reproducibility (issue 4, items 1 and 2).
+"""Crash and resume, atomic writes and reproducibility.
 
 A run stopped at any step — in process (`fit_killed_after(k, ...)`, which drops whatever was
 not checkpointed, like a kill) or for real (SIGKILL, Ctrl-C to a `genlab` subprocess) — resumes
@@ -24,26 +24,16 @@ import torch
 
 import genlab.train as train_module
 import genlab.utils as utils_module
-from conftest import REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
+from conftest import QUIET, REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
 from genlab import GenlabError, MODELS, fit, load_run
 from genlab.cli import main
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 from genlab.utils import atomic_write_bytes
 
-QUIET = dict(progress=False, log=lambda _: None)
 EPOCHS, BATCH = 3, 32  # 200 tiny digits: 7 batches per epoch, 21 steps in all
 TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: the only fields allowed to differ
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread here and in the subprocesses (OMP_NUM_THREADS=1): the same reduction
-    order everywhere, so bitwise comparisons across processes are fair, and no thread thrashing
-    on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_model(name: str):

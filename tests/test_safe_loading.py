@@ -1,4 +1,4 @@
-"""Safe loading (issue 4, item 5): nothing genlab reads from a run folder can run code.
+"""Safe loading: nothing genlab reads from a run folder can run code.
 
 Weights and optimizer state are read with safetensors only, configs and logs as validated
 JSON. A crafted pickle — the classic attack on `.pt`/`.pkl` checkpoints — placed where genlab
@@ -17,13 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_train_config
+from conftest import QUIET, REPO_ROOT, run_cli, tiny_train_config
 from genlab import MODELS, fit, load_run
-from genlab.cli import main
 from genlab.errors import RunFolderError
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_tensors
 
-QUIET = dict(progress=False, log=lambda _: None)
 
 
 class Payload:
@@ -65,11 +63,6 @@ def someones_run(finished_vae, tmp_path) -> Path:
     return Path(shutil.copytree(finished_vae, tmp_path / "received" / "vae"))
 
 
-def genlab(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("kind", list(CRAFTED))
 def test_the_payloads_are_live(kind, tmp_path):
     """Unpickled the unsafe way, each payload runs: so the tests below can fail."""
@@ -84,7 +77,7 @@ def test_the_payloads_are_live(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", list(CRAFTED))
 @pytest.mark.parametrize("target", [WEIGHTS_FILE, CHECKPOINT_FILE])
-def test_crafted_pickle_as_weights_is_refused_not_run(kind, target, someones_run, tmp_path, capsys):
+def test_crafted_pickle_as_weights_is_refused_not_run(kind, target, someones_run, tmp_path):
     marker = tmp_path / "marker"
     (someones_run / target).write_bytes(CRAFTED[kind](marker))
     if target == CHECKPOINT_FILE:
@@ -101,7 +94,7 @@ def test_crafted_pickle_as_weights_is_refused_not_run(kind, target, someones_run
     if target == CHECKPOINT_FILE:  # resuming reads the checkpoint (and never model.safetensors)
         commands.append(["resume", someones_run, "--epochs", "2"])
     for args in commands:
-        code, err = genlab(capsys, *args)
+        code, _, err = run_cli(*args)
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and target in lines[0], (args, err)
@@ -109,15 +102,15 @@ def test_crafted_pickle_as_weights_is_refused_not_run(kind, target, someones_run
     assert not (tmp_path / "s.npy").exists() and not (tmp_path / "z.npz").exists()
 
 
-def test_received_run_folder_is_sampled_and_checked_safely(someones_run, tmp_path, capsys):
+def test_received_run_folder_is_sampled_and_checked_safely(someones_run, tmp_path):
     """A genuine run from elsewhere works; its files are validated, not trusted."""
-    code, err = genlab(capsys, "sample", someones_run, "-n", "8", "-o", tmp_path / "s.npy")
+    code, _, err = run_cli("sample", someones_run, "-n", "8", "-o", tmp_path / "s.npy")
     assert code == 0, err
     # the config is data, validated field by field: no surprise keys, no code
     info = json.loads((someones_run / CONFIG_FILE).read_text())
     info["train"]["__reduce__"] = "os.system"
     (someones_run / CONFIG_FILE).write_text(json.dumps(info))
-    code, err = genlab(capsys, "sample", someones_run, "-o", tmp_path / "t.npy")
+    code, _, err = run_cli("sample", someones_run, "-o", tmp_path / "t.npy")
     assert code == 2 and "unknown field(s) __reduce__" in err
 
 

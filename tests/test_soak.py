@@ -1,4 +1,4 @@
-"""Long runs (issue 4, item 7): train, kill, resume, again and again.
+"""Long runs: train, kill, resume, again and again.
 
 Small enough for CI (tens of seconds), marked slow. Two soaks:
   - in process, a GAN stopped after a random number of steps (`fit_killed_after`, which drops
@@ -21,20 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
+from conftest import QUIET, REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
 from genlab import MODELS, fit
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
 pytestmark = pytest.mark.slow
-QUIET = dict(progress=False, log=lambda _: None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def epochs_logged(run_dir: Path) -> list[int]:

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 import genlab.train as train_module
-from conftest import run_cli, tiny_train_config
+from conftest import QUIET, fit_killed_after, run_cli, tiny_train_config
 from genlab import MODELS, GenlabError, fit, load_run
 from genlab.data import DataBundle
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 
 NAMES = sorted(MODELS)
 N_SMALL = 64
-QUIET = dict(progress=False, log=lambda _: None)
 
 
 @pytest.fixture
@@ -240,3 +239,20 @@ def test_training_defaults_follow_the_model_config():
     assert (conv.lr, conv.batch_size, conv.epochs) == (2e-3, 64, 35)
     mine, _ = resolve_configs(TrainConfig(model="vae", lr=5e-4, batch_size=16), vae.config_class(arch="conv"))
     assert (mine.lr, mine.batch_size) == (5e-4, 16)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_loop_step_changes_every_phase(name, tmp_path, tiny_bundle, monkeypatch):
+    """One batch of `fit` (requires_grad switching, an optimizer per phase): every weight of
+    every phase moves."""
+    import genlab.train as train_module
+
+    built = []
+    original = train_module.build_model
+    monkeypatch.setattr(train_module, "build_model", lambda *a: built.append(original(*a)) or built[-1])
+    torch.manual_seed(0)
+    before = {n: p.detach().clone() for n, p in MODELS[name](MODELS[name].config_class()).named_parameters()}
+    fit_killed_after(1, tiny_train_config(name, batch_size=16), None, tmp_path / name, data=tiny_bundle, **QUIET)
+    after = dict(built[0].named_parameters())
+    unchanged = [n for n, p in after.items() if torch.equal(before[n], p.detach())]
+    assert not unchanged, f"{name}: one step left {unchanged[:3]} unchanged"

@@ -64,8 +64,8 @@ class TrainConfig:
     binarize: bool = False  # train on stochastically binarised pixels, score a fixed binarised test split (NLL papers' setting)
     compile: bool = False  # torch.compile the model's loss (measured: see benchmarks/README.md)
     eval_batch_size: int = 1000  # batch for test-set losses and figures (memory, not results)
-    # 2,000 keep the curves' noise far below the epoch-to-epoch changes, while scoring the full
-    # 10k after every epoch cost the default lab 64 s of its 278 s (measured).
+    # 2,000 keep the curves' noise far below the epoch-to-epoch changes at a fraction of the
+    # full split's cost (benchmarks/README.md, "The default lab").
     epoch_eval_images: int = 2000  # first N test images scored after each epoch for the loss curves (0: all); genlab eval scores all
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
 from .train import fit
 
 # The lab's default set: both families, and the class-conditional GAN whose samples cover every
-# digit; about 4.5 minutes (263 s measured) on 2 CPU cores with the offline data (benchmarks/README.md).
+# digit; its time on 2 CPU cores is in benchmarks/README.md ("The default lab").
 DEFAULT_MODELS = ("ae", "vae", "gan", "cgan")
 
 

@@ -45,8 +45,8 @@ class Unflatten(nn.Module):
 # Two stride-2 convolutions take 28×28 to 7×7 and two stride-2 transposed convolutions take 7×7
 # back to 28×28 (kernel 4, padding 1: an even overlap, so fewer checkerboard artefacts than
 # kernel 3; Radford et al. 2016, https://arxiv.org/abs/1511.06434) for the GANs; the autoencoders
-# use `AE_KERNEL` (measured below). Channel counts are small
-# on purpose: these run on a 2-core CPU in the lab budget.
+# use `AE_KERNEL` (below). Channel counts are small on purpose: these run on a 2-core CPU in the
+# lab budget.
 
 FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
 # Default kernel of the autoencoders' convolutions (their `kernel` field): 3 runs more images per
@@ -187,8 +187,8 @@ def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -
 
     arch "mlp": fully connected with `hidden_dims` (decoder mirrored); "conv": `conv_encoder` /
     `conv_decoder` with `channels`, `kernel` and one fully connected layer of the last (narrowest) width
-    of `hidden_dims` between the conv features and the code (measured: a direct linear map from
-    a small code to the feature maps learns slowly, two layers cost more than they bring).
+    of `hidden_dims` between the conv features and the code (a direct linear map from a small
+    code to the feature maps learns slowly; two layers cost more than they bring).
     AE, VAE, CVAE and AAE share this, so `--arch` means the same thing in each. `activation` is
     resolved by then (`GenerativeModel.__init__`).
     """
@@ -205,6 +205,9 @@ def encoder_decoder(config: AutoencoderConfig, code_dim: int, latent_dim: int) -
     return encoder, decoder
 
 
-def label_input(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, D) noise/code and (B,) digits -> (B, D + 10): the input of a conditional decoder."""
+def label_input(z: torch.Tensor, labels: torch.Tensor | None, default_digit: int) -> torch.Tensor:
+    """(B, D) noise/code and (B,) digits -> (B, D + 10): the input of a conditional decoder.
+    No labels: every row draws `default_digit` (the figures' `plot_digit`)."""
+    if labels is None:
+        labels = torch.full((z.shape[0],), default_digit, dtype=torch.long, device=z.device)
     return torch.cat([z, F.one_hot(labels, NUM_CLASSES).to(z.dtype)], dim=1)

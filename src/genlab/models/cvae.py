@@ -29,23 +29,20 @@ from ..data import NUM_CLASSES
 from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import AutoencoderConfig, encoder_decoder, label_input
+from .blocks import encoder_decoder, label_input
 from .losses import LOGVAR_RANGE, elbo_terms, reparameterize
-from .vae import ReconLoss, vae_defaults
+from .vae import ELBOConfig, ReconLoss, vae_defaults
 
 
 @dataclass
-class CVAEConfig(AutoencoderConfig):
+class CVAEConfig(ELBOConfig):
     latent_dim: int = 2  # style code; 2-D so the style plane can be drawn (the digit comes from y)
-    beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: ReconLoss = "bce"  # Bernoulli likelihood (sharper samples than "mse")
     classifier_weight: float = 1.0  # weight of the encoder's digit cross-entropy (0: untrained head)
     plot_digit: int = 8  # the digit `decode(z)` draws when no labels are given (manifold figure)
 
     def validate(self) -> None:
         super().validate()
-        if not self.beta >= 0:
-            raise GenlabError(f"beta must be 0 or more, got {self.beta}")
         if not self.classifier_weight >= 0:
             raise GenlabError(f"classifier_weight must be 0 or more, got {self.classifier_weight}")
         if not 0 <= self.plot_digit < NUM_CLASSES:
@@ -94,9 +91,7 @@ class CVAE(GenerativeModel):
 
     def decode_logits(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) codes and (B,) digits -> pixel logits (B, 1, 28, 28); no labels: `plot_digit`."""
-        if labels is None:
-            labels = torch.full((z.shape[0],), self.config.plot_digit, dtype=torch.long, device=z.device)
-        return self.decoder(label_input(z, labels))
+        return self.decoder(label_input(z, labels, self.config.plot_digit))
 
     def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         return torch.sigmoid(self.decode_logits(z, labels=labels))

@@ -31,17 +31,26 @@ ReconLoss = Literal["mse", "bce"]
 
 
 @dataclass
-class VAEConfig(AutoencoderConfig):
-    latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
+class ELBOConfig(AutoencoderConfig):
+    """The fields of the VAE's loss, shared with the conditional VAE."""
+
     beta: float = 1.0  # weight of the KL term (β-VAE when > 1)
     recon_loss: ReconLoss = "mse"  # "mse" (lab notebook) or "bce" (Bernoulli likelihood)
-    # Larger than the AE's because the VAE's loss is summed over pixels (benchmarks/README.md 4c).
-    neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 100 separates 2-D codes best)
 
     def validate(self) -> None:
         super().validate()
         if not self.beta >= 0:
             raise GenlabError(f"beta must be 0 or more, got {self.beta}")
+
+
+@dataclass
+class VAEConfig(ELBOConfig):
+    latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
+    # Larger than the AE's because the VAE's loss is summed over pixels (benchmarks/README.md 4c).
+    neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 100 separates 2-D codes best)
+
+    def validate(self) -> None:
+        super().validate()
         check_off_or_positive("neighbor_weight", self.neighbor_weight)
 
 
