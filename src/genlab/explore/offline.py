@@ -1,0 +1,121 @@
+"""The explorer inside report.html: the same page script, with decodings precomputed.
+
+For a model with a 2-D code the map is decoded once on a GRID × GRID lattice (per digit for a
+conditional model) and the page shows the decoding at the lattice point nearest the pointer.
+Why a lattice rather than the decoder itself in JavaScript: it works for every architecture
+(MLP or conv, any activation) with no second implementation of torch's layers to keep in step,
+it is exact at the lattice points, a lookup is instant, and the decodings pack into one PNG
+sprite (dark-on-light digits compress well) of a few hundred kB; the default MLP decoder's
+weights alone would be about 1 MB even as float16. benchmarks/README.md records the sizes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import DataBundle
+from ..runs import Run
+from .server import page_asset
+from .session import Explorer, model_view
+
+GRID = 40  # lattice points per axis: neighbouring decodings differ little at this spacing
+GRID_CONDITIONAL = 20  # per digit: ten lattices of 20 × 20 hold as many cells as 2.5 of 40 × 40
+SPRITE_COLUMNS = 40
+BATCH = 500
+
+
+def applies(run: Run) -> bool:
+    """The report explores models whose codes are 2-D: there the map is the whole latent space."""
+    view = model_view(run)
+    return view.can_encode and view.latent_dim == 2
+
+
+def sprite_png(images: np.ndarray, columns: int = SPRITE_COLUMNS) -> str:
+    """(N, 28, 28) uint8 ink -> a data: URI of one grey PNG, image k at column k % columns."""
+    rows = -(-len(images) // columns)
+    sheet = np.zeros((rows * 28, columns * 28), dtype=np.uint8)
+    for k, image in enumerate(images):
+        r, c = divmod(k, columns)
+        sheet[r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28] = image
+    buffer = io.BytesIO()
+    Image.fromarray(sheet, "L").save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def as_ink(images: torch.Tensor) -> np.ndarray:
+    return (images.reshape(-1, 28, 28).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def grid_data(explorer: Explorer) -> dict:
+    """Everything the page's GridSource needs, JSON-ready: lattice decodings, readings, info."""
+    view = explorer.view
+    grid = GRID_CONDITIONAL if view.conditional else GRID
+    (x0, x1), (y0, y1) = explorer.ranges[:2]
+    # cell (digit, row j, column i) is at z = (x_i, y_j); row 0 is the lowest y
+    xs, ys = np.linspace(x0, x1, grid), np.linspace(y0, y1, grid)
+    plane = torch.tensor([[x, y] for y in ys for x in xs], dtype=torch.float32)  # (grid², 2)
+    digits = range(10) if view.conditional else [None]
+    images, labels_read, confidences, nearest, distances = [], [], [], [], []
+    for digit in digits:
+        for start in range(0, len(plane), BATCH):
+            z = plane[start : start + BATCH]
+            labels = None if digit is None else torch.full((len(z),), digit, dtype=torch.long)
+            decoded = view.decode(z, labels)
+            read, confidence, index, distance = explorer.measure(decoded)
+            images.append(as_ink(decoded))
+            labels_read += [-1] * len(z) if read is None else read.tolist()
+            confidences += [0] * len(z) if confidence is None else (confidence * 100).round().int().tolist()
+            nearest += index.tolist()
+            distances += (distance * 100).round().int().tolist()
+    # only the training digits that are some cell's nearest go into the page
+    unique, position = np.unique(np.array(nearest), return_inverse=True)
+    near_images = np.stack([as_ink(explorer.training_image(int(j)))[0] for j in unique])
+    info = explorer.info()
+    info["classifier"] = explorer.classifier is not None
+    return {
+        "info": info,
+        "grid": grid,
+        "ranges": [list(r) for r in explorer.ranges[:2]],
+        "sprite": sprite_png(np.concatenate(images)),
+        "nearest_sprite": sprite_png(near_images),
+        "nearest_labels": [explorer.training_label(int(j)) for j in unique],
+        # per cell, integers to keep the page small: confidence in %, distance in hundredths
+        "cells": {"digit": labels_read, "confidence": confidences, "nearest": position.tolist(), "distance": distances},
+    }
+
+
+def explorer_block(run: Run, data: DataBundle | None = None) -> str:
+    """The HTML of report.html's explorer for `run` (style, data and script inlined), or "" when
+    its code is not 2-D."""
+    if not applies(run):
+        return ""
+    explorer = Explorer(run, data)
+    payload = grid_data(explorer)
+    element_id = "gx-data-" + re.sub(r"[^a-z0-9_-]", "-", run.path.name.lower())
+    # "</" would end the <script> element early; JSON allows the escaped form
+    json_text = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    grid = payload["grid"]
+    lattice = f"a {grid} × {grid} lattice" + (" per digit" if explorer.view.conditional else "")
+    note = (
+        "Move the pointer over the map: the digit under it is decoded (precomputed on "
+        f"{lattice} over the map, so the nearest lattice point is shown; for every point, "
+        f"<code>genlab explore {html.escape(str(run.path))}</code>). Drag to see the interpolation between two points."
+    )
+    return "\n".join(
+        [
+            f"<h3>Explore {html.escape(run.name)}'s latent space</h3>",
+            f"<p class='note'>{note}</p>",
+            f"<style>{page_asset('explore.css').decode()}</style>",
+            f"<div class='gx' data-gx-grid='{element_id}'>Loading the explorer… (it needs JavaScript)</div>",
+            f"<script type='application/json' id='{element_id}'>{json_text}</script>",
+            f"<script>{page_asset('explore.js').decode()}</script>",
+        ]
+    )
