@@ -16,13 +16,14 @@ import html
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..data import DataBundle
-from ..runs import Run
+from ..runs import Run, load_run
 from .server import page_asset
 from .session import Explorer, model_view
 
@@ -92,9 +93,10 @@ def grid_data(explorer: Explorer) -> dict:
     }
 
 
-def explorer_block(run: Run, data: DataBundle | None = None) -> str:
-    """The HTML of report.html's explorer for `run` (style, data and script inlined), or "" when
-    its code is not 2-D."""
+def explorer_block(run_dir: Path, data: DataBundle | None = None) -> str:
+    """The HTML of report.html's explorer for the run in `run_dir` (style, data and script
+    inlined), or "" when its code is not 2-D."""
+    run = load_run(run_dir, device="cpu")
     if not applies(run):
         return ""
     explorer = Explorer(run, data)

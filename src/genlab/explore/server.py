@@ -161,6 +161,11 @@ class ExploreHandler(BaseHTTPRequestHandler):
         self.close_connection = True  # an unread body must not be taken for the next request
         self._send(status, "application/json", json.dumps({"error": message}).encode())
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (a malformed request line, a line or header too long): the
+        # same short JSON answer as ours, not its HTML page
+        self._send_error(code, message or self.responses.get(code, ("error",))[0])
+
     def log_message(self, format: str, *args) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
@@ -189,7 +194,11 @@ def make_server(run_dir, host: str = "127.0.0.1", port: int = 0, verbose: bool =
         raise GenlabError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port, or leave it out for a free one") from None
 
 
-def serve(run_dir, host: str = "127.0.0.1", port: int = 0, open_browser: bool = True, log: Callable[[str], None] = print) -> None:
+def _say(line: str) -> None:
+    print(line, flush=True)  # the URL must show at once, also when stdout is a pipe
+
+
+def serve(run_dir, host: str = "127.0.0.1", port: int = 0, open_browser: bool = True, log: Callable[[str], None] = _say) -> None:
     """`genlab explore`: serve the page until Ctrl-C."""
     server = make_server(run_dir, host, port)
     if not server.loopback:
