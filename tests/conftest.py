@@ -221,7 +221,7 @@ def explore_server():
 
     def start(run_dir):
         server = make_server(run_dir)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server
 

@@ -202,7 +202,7 @@
       self.sliders[k] = s;
       controls.appendChild(el("label", {}, [document.createTextNode(info.axis_names[k]), s]));
     })(k);
-    if (info.latent_dim > this.k) controls.appendChild(el("div", { class: "gx-note", text: "Sliders for the first " + this.k + " of " + info.latent_dim + " directions; the rest stay " + (info.can_encode ? "at the codes' mean." : "as the seed drew them.") }));
+    if (info.latent_dim > this.k) controls.appendChild(el("div", { class: "gx-note", text: "The map and sliders move along the first " + this.k + " of " + info.latent_dim + " directions; the rest stay " + (info.can_encode ? "at the codes' mean." : "as the seed drew them.") }));
 
     var side = el("div", { class: "gx-side" }, [
       el("div", { class: "gx-pair" }, [
@@ -337,22 +337,31 @@
   };
 
   Explorer.prototype.run = function () {
-    var self = this, started = this.eventTime, z = this.z(this.coords), zs = [z], digits = null;
+    var self = this, started = this.eventTime, z = this.z(this.coords);
     this.eventTime = 0; this.busy = true; this.pending = false;
-    if (this.info.conditional) { zs = []; digits = []; for (var d = 0; d < 10; d++) { zs.push(z); digits.push(d); } }
-    this.source.decode(zs, digits).then(function (out) {
-      var main = self.info.conditional ? self.digit : 0;
-      self.show(out.images[main], out.readings[main], z);
-      if (self.every) self.fillStrip(self.every, out, function (i) { return self.info.class_names[i]; }, main);
+    this.source.decode([z], this.info.conditional ? [this.digit] : null).then(function (out) {
+      self.show(out.images[0], out.readings[0], z);
       self.decodes += 1;
       self.latency = performance.now() - started;
       self.root.dataset.decodes = String(self.decodes);
       self.root.dataset.latencyMs = self.latency.toFixed(1);
       self.status.textContent = "decoded in " + self.latency.toFixed(0) + " ms";
       self.status.classList.remove("gx-error");
+      // the row of every digit costs ten decodes: drawn once the pointer rests, so it never
+      // holds up the digit under the pointer
+      if (self.every && !self.pending) return self.decodeEvery(z);
     }).catch(function (e) { self.fail(e); }).then(function () {
       self.busy = false;
       if (self.pending) self.run();
+    });
+  };
+
+  Explorer.prototype.decodeEvery = function (z) {
+    var self = this, zs = [], digits = [];
+    for (var d = 0; d < 10; d++) { zs.push(z); digits.push(d); }
+    return this.source.decode(zs, digits).then(function (out) {
+      self.fillStrip(self.every, out, function (i) { return self.info.class_names[i]; }, self.digit);
+      self.root.dataset.everyRows = String(Number(self.root.dataset.everyRows || 0) + 1);
     });
   };
 
