@@ -47,7 +47,7 @@ def explorers(tiny_runs, tiny_bundle):
 def a_request(explorer: Explorer, n: int = 1) -> dict:
     """A valid decode request of n codes at the view's origin."""
     body = {"z": [explorer.origin.tolist()] * n}
-    if explorer.view.conditional:
+    if explorer.model.conditional:
         body["digits"] = list(range(n))
     return body
 

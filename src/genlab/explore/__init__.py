@@ -8,6 +8,6 @@
 
 from .offline import explorer_block
 from .server import make_server, serve
-from .session import Explorer, RequestError, model_view
+from .session import Explorer, RequestError
 
-__all__ = ["Explorer", "RequestError", "explorer_block", "make_server", "model_view", "serve"]
+__all__ = ["Explorer", "RequestError", "explorer_block", "make_server", "serve"]

@@ -25,7 +25,7 @@ from PIL import Image
 from ..data import DataBundle
 from ..runs import Run, load_run
 from .server import page_asset
-from .session import Explorer, model_view
+from .session import Explorer
 
 GRID = 40  # lattice points per axis: neighbouring decodings differ little at this spacing
 GRID_CONDITIONAL = 20  # per digit: ten lattices of 20 × 20 hold as many cells as 2.5 of 40 × 40
@@ -35,8 +35,7 @@ BATCH = 500
 
 def applies(run: Run) -> bool:
     """The report explores models whose codes are 2-D: there the map is the whole latent space."""
-    view = model_view(run)
-    return view.can_encode and view.latent_dim == 2
+    return run.model.can_encode and run.model_config.latent_dim == 2
 
 
 def sprite_png(images: np.ndarray, columns: int = SPRITE_COLUMNS) -> str:
@@ -57,19 +56,19 @@ def as_ink(images: torch.Tensor) -> np.ndarray:
 
 def grid_data(explorer: Explorer) -> dict:
     """Everything the page's GridSource needs, JSON-ready: lattice decodings, readings, info."""
-    view = explorer.view
-    grid = GRID_CONDITIONAL if view.conditional else GRID
+    conditional = explorer.model.conditional
+    grid = GRID_CONDITIONAL if conditional else GRID
     (x0, x1), (y0, y1) = explorer.ranges[:2]
     # cell (digit, row j, column i) is at z = (x_i, y_j); row 0 is the lowest y
     xs, ys = np.linspace(x0, x1, grid), np.linspace(y0, y1, grid)
     plane = torch.tensor([[x, y] for y in ys for x in xs], dtype=torch.float32)  # (grid², 2)
-    digits = range(10) if view.conditional else [None]
+    digits = range(10) if conditional else [None]
     images, labels_read, confidences, nearest, distances = [], [], [], [], []
     for digit in digits:
         for start in range(0, len(plane), BATCH):
             z = plane[start : start + BATCH]
             labels = None if digit is None else torch.full((len(z),), digit, dtype=torch.long)
-            decoded = view.decode(z, labels)
+            decoded = explorer.run.decode(z, labels=labels)
             read, confidence, index, distance = explorer.measure(decoded)
             images.append(as_ink(decoded))
             labels_read += [-1] * len(z) if read is None else read.tolist()
@@ -105,7 +104,7 @@ def explorer_block(run_dir: Path, data: DataBundle | None = None) -> str:
     # "</" would end the <script> element early; JSON allows the escaped form
     json_text = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
     grid = payload["grid"]
-    lattice = f"a {grid} × {grid} lattice" + (" per digit" if explorer.view.conditional else "")
+    lattice = f"a {grid} × {grid} lattice" + (" per digit" if explorer.model.conditional else "")
     note = (
         "Move the pointer over the map: the digit under it is decoded (precomputed on "
         f"{lattice} over the map, so the nearest lattice point is shown; for every point, "

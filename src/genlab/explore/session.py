@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import threading
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,47 +40,6 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """What the explorer needs of a model, read in one place (`model_view`)."""
-
-    name: str
-    family: str
-    latent_dim: int
-    can_encode: bool
-    can_sample: bool
-    conditional: bool
-    encode: Callable[[torch.Tensor], torch.Tensor] | None  # images (B, 1, 28, 28) -> codes (B, D)
-    decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # codes, digits -> (B, 1, 28, 28)
-
-
-def model_view(run: Run) -> ModelView:
-    """The run's capabilities and its encode / decode, whatever the model family."""
-    model = run.model
-    can_encode = hasattr(model, "encode")
-
-    @torch.inference_mode()
-    def decode(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        z = z.to(run.device)
-        labels = labels.to(run.device) if labels is not None else None
-        if can_encode:
-            out = model.decode(z, labels) if model.conditional else model.decode(z)
-        else:  # a GAN: its generator G(z) is its decoder
-            out = model.generate(z, labels) if model.conditional else model.generate(z)
-        return out.cpu()
-
-    return ModelView(
-        name=run.name,
-        family=model.family,
-        latent_dim=run.model_config.latent_dim,
-        can_encode=can_encode,
-        can_sample=model.can_sample,
-        conditional=model.conditional,
-        encode=run.encode if can_encode else None,
-        decode=decode,
-    )
 
 
 def image_b64(image: torch.Tensor) -> str:
@@ -120,7 +77,8 @@ class Explorer:
 
     def __init__(self, run: Run, data: DataBundle | None = None, n_points: int = N_POINTS):
         self.run = run
-        self.view = model_view(run)
+        self.model = run.model  # its flags (can_encode, conditional, ...) say what the page offers
+        self.latent_dim = run.model_config.latent_dim
         if data is None:
             data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
         self.class_names = list(data.class_names)
@@ -137,12 +95,12 @@ class Explorer:
         # page keeps at most one decode in flight anyway.
         self.lock = threading.Lock()
 
-        d = self.view.latent_dim
+        d = self.latent_dim
         keep = evenly_spaced(len(x_test), n_points)
         self.points: np.ndarray | None = None
         self.point_labels = y_test[keep].numpy()
-        if self.view.can_encode:
-            codes = self.view.encode(x_test[keep]).numpy().astype(np.float64)
+        if self.model.can_encode:
+            codes = run.encode(x_test[keep]).numpy().astype(np.float64)
             self.origin, self.axes = pca_view(codes, 2 + N_SLIDERS)
             coords = (codes - self.origin) @ self.axes.T  # (N, K)
             self.points = coords[:, :2]
@@ -156,14 +114,14 @@ class Explorer:
 
     # --- what the page reads once ---------------------------------------------------------
     def info(self) -> dict:
-        v = self.view
+        m = self.model
         return {
-            "model": v.name,
-            "family": v.family,
-            "latent_dim": v.latent_dim,
-            "can_encode": v.can_encode,
-            "can_sample": v.can_sample,
-            "conditional": v.conditional,
+            "model": self.run.name,
+            "family": m.family,
+            "latent_dim": self.latent_dim,
+            "can_encode": m.can_encode,
+            "can_sample": m.can_sample,
+            "conditional": m.conditional,
             "class_names": self.class_names,
             "origin": self.origin.round(5).tolist(),
             "axes": self.axes.round(5).tolist(),
@@ -179,7 +137,7 @@ class Explorer:
 
     def axis_names(self) -> list[str]:
         k = len(self.axes)
-        if self.view.can_encode and self.view.latent_dim > 2:
+        if self.model.can_encode and self.latent_dim > 2:
             return [f"PC {i + 1}" for i in range(k)]
         return [f"z[{i}]" for i in range(k)]
 
@@ -190,7 +148,7 @@ class Explorer:
         z = self.check_codes(body.get("z"))
         labels = self.check_digits(body.get("digits"), len(z))
         with self.lock:
-            images = self.view.decode(z, labels)
+            images = self.run.decode(z, labels=labels)  # for a GAN: its generator G(z)
             readings = self.readings(images)
         return {"images": [image_b64(im) for im in images], "readings": readings}
 
@@ -199,9 +157,9 @@ class Explorer:
         seed = body.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise RequestError(f"seed must be a whole number from 0 to {MAX_SEED}")
-        if not self.view.can_sample:
-            raise RequestError(f"model '{self.view.name}' has no prior to draw a seed's z from")
-        z = torch.randn(self.view.latent_dim, generator=make_generator(seed))
+        if not self.model.can_sample:
+            raise RequestError(f"model '{self.run.name}' has no prior to draw a seed's z from")
+        z = torch.randn(self.latent_dim, generator=make_generator(seed))
         return {"seed": seed, "z": z.round(decimals=5).tolist()}
 
     # --- readings beside every decoded digit ---------------------------------------------
@@ -250,14 +208,14 @@ class Explorer:
 
     # --- checking what a request brings --------------------------------------------------
     def check_codes(self, rows) -> torch.Tensor:
-        d = self.view.latent_dim
+        d = self.latent_dim
         if not isinstance(rows, list) or not rows:
             raise RequestError('"z" must be a non-empty list of codes, each a list of numbers')
         if len(rows) > MAX_CODES:
             raise RequestError(f"at most {MAX_CODES} codes per request, got {len(rows)}")
         for row in rows:
             if not isinstance(row, list) or len(row) != d:
-                raise RequestError(f"each code must be a list of {d} numbers (the latent size of '{self.view.name}')")
+                raise RequestError(f"each code must be a list of {d} numbers (the latent size of '{self.run.name}')")
             for value in row:
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise RequestError("codes hold numbers only")
@@ -266,12 +224,12 @@ class Explorer:
         return torch.tensor(rows, dtype=torch.float32)
 
     def check_digits(self, digits, n: int) -> torch.Tensor | None:
-        if not self.view.conditional:
+        if not self.model.conditional:
             if digits is not None:
-                raise RequestError(f"model '{self.view.name}' is not conditional: it takes no digits")
+                raise RequestError(f"model '{self.run.name}' is not conditional: it takes no digits")
             return None
         if digits is None:
-            raise RequestError(f'model \'{self.view.name}\' is conditional: give "digits", one 0-9 per code')
+            raise RequestError(f'model \'{self.run.name}\' is conditional: give "digits", one 0-9 per code')
         if not isinstance(digits, list) or len(digits) != n:
             raise RequestError(f'"digits" must be a list of {n} digits, one per code')
         for digit in digits:
