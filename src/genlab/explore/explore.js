@@ -385,12 +385,11 @@
       this.reading.appendChild(el("b", { text: this.info.class_names[r.digit] }));
       this.reading.appendChild(document.createTextNode(" (" + Math.round(100 * r.confidence) + "% sure)"));
     }
-    var typical = this.info.typical_distance, text = "a " + this.info.class_names[r.nearest.label] + ", distance " + fmt(r.nearest.distance) + " (of " + this.info.n_train + " training digits)";
-    this.nearInfo.textContent = text;
-    if (typical) {
-      this.nearInfo.appendChild(el("div", { text: "Real test digits lie " + fmt(typical) + " from their nearest training digit (median)." }));
-      if (r.nearest.distance < 0.6 * typical) this.nearInfo.appendChild(el("div", { class: "gx-warn", text: "Much closer than that: here the model reproduces a training digit." }));
-    }
+    var name = this.info.class_names[r.nearest.label], byClass = this.info.typical_distance_by_class[r.nearest.label];
+    var typical = byClass === null || byClass === undefined ? this.info.typical_distance : byClass;
+    this.nearInfo.textContent = "a " + name + ", distance " + fmt(r.nearest.distance) + " (nearest of " + this.info.n_train + " training digits)";
+    this.nearInfo.appendChild(el("div", { text: "Real test digits " + (typical === byClass ? "of class " + name + " " : "") + "lie " + fmt(typical) + " from their nearest training digit (median)." }));
+    if (r.nearest.distance < 0.6 * typical) this.nearInfo.appendChild(el("div", { class: "gx-warn", text: "Much closer than that: here the model reproduces a training digit." }));
     this.zText.textContent = z.length <= 4 ? "z = (" + z.map(function (v) { return fmt(v); }).join(", ") + ")" : "z: " + z.length + " numbers, |z| = " + fmt(Math.hypot.apply(null, z));
   };
 

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..data import DataBundle
+from ..plots import tile
 from ..runs import Run, load_run
 from .server import page_asset
 from .session import Explorer
@@ -38,20 +39,13 @@ def applies(run: Run) -> bool:
     return run.model.can_encode and run.model_config.latent_dim == 2
 
 
-def sprite_png(images: np.ndarray, columns: int = SPRITE_COLUMNS) -> str:
-    """(N, 28, 28) uint8 ink -> a data: URI of one grey PNG, image k at column k % columns."""
-    rows = -(-len(images) // columns)
-    sheet = np.zeros((rows * 28, columns * 28), dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, columns)
-        sheet[r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28] = image
+def sprite_png(images: torch.Tensor) -> str:
+    """Images (N, 1, 28, 28) in [0, 1] -> a data: URI of one grey PNG of their ink (0 = blank),
+    image k at column k % SPRITE_COLUMNS, row k // SPRITE_COLUMNS: what the page's GridSource reads."""
+    grid = tile(images.numpy(), -(-len(images) // SPRITE_COLUMNS), SPRITE_COLUMNS, pad=0)
     buffer = io.BytesIO()
-    Image.fromarray(sheet, "L").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(np.round(grid * 255).astype(np.uint8), "L").save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def as_ink(images: torch.Tensor) -> np.ndarray:
-    return (images.reshape(-1, 28, 28).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def grid_data(explorer: Explorer) -> dict:
@@ -70,21 +64,21 @@ def grid_data(explorer: Explorer) -> dict:
             labels = None if digit is None else torch.full((len(z),), digit, dtype=torch.long)
             decoded = explorer.run.decode(z, labels=labels)
             read, confidence, index, distance = explorer.measure(decoded)
-            images.append(as_ink(decoded))
+            images.append(decoded)
             labels_read += [-1] * len(z) if read is None else read.tolist()
             confidences += [0] * len(z) if confidence is None else (confidence * 100).round().int().tolist()
             nearest += index.tolist()
             distances += (distance * 100).round().int().tolist()
     # only the training digits that are some cell's nearest go into the page
     unique, position = np.unique(np.array(nearest), return_inverse=True)
-    near_images = np.stack([as_ink(explorer.training_image(int(j)))[0] for j in unique])
+    near_images = torch.stack([explorer.training_image(int(j)) for j in unique])
     info = explorer.info()
     info["classifier"] = explorer.classifier is not None
     return {
         "info": info,
         "grid": grid,
         "ranges": [list(r) for r in explorer.ranges[:2]],
-        "sprite": sprite_png(np.concatenate(images)),
+        "sprite": sprite_png(torch.cat(images)),
         "nearest_sprite": sprite_png(near_images),
         "nearest_labels": [explorer.training_label(int(j)) for j in unique],
         # per cell, integers to keep the page small: confidence in %, distance in hundredths

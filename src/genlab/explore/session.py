@@ -21,6 +21,7 @@ import torch
 
 from ..classifier import load_classifier
 from ..data import DataBundle, load_dataset
+from ..errors import GenlabError
 from ..runs import Run
 from ..utils import make_generator
 
@@ -79,6 +80,8 @@ class Explorer:
         self.run = run
         self.model = run.model  # its flags (can_encode, conditional, ...) say what the page offers
         self.latent_dim = run.model_config.latent_dim
+        if self.latent_dim < 2:
+            raise GenlabError(f"{run.path}: a {self.latent_dim}-D latent space has no plane to explore; explore needs 2 or more dimensions")
         if data is None:
             data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
         self.class_names = list(data.class_names)
@@ -109,8 +112,15 @@ class Explorer:
             k = min(d, 2 + N_SLIDERS)
             self.origin, self.axes = np.zeros(d), np.eye(d)[:k]
             self.ranges = [[-PRIOR_RANGE, PRIOR_RANGE]] * k
-        reference = x_test[evenly_spaced(len(x_test), N_REFERENCE)]
-        self.typical_distance = float(np.median(self._nearest(reference)[1].numpy())) if len(reference) else None
+        # How far real test digits lie from their nearest training digit, per class (thin 1s lie
+        # nearer than 8s): the page compares a decoding's distance with its class's figure.
+        chosen = evenly_spaced(len(x_test), N_REFERENCE)
+        reference, reference_labels = self._nearest(x_test[chosen])[1].numpy(), y_test[chosen].numpy()
+        self.typical_distance = float(np.median(reference))
+        self.typical_by_class = [
+            round(float(np.median(reference[reference_labels == c])), 3) if (reference_labels == c).any() else None
+            for c in range(len(self.class_names))
+        ]
 
     # --- what the page reads once ---------------------------------------------------------
     def info(self) -> dict:
@@ -130,7 +140,8 @@ class Explorer:
             "points": None if self.points is None else self.points.round(4).tolist(),
             "labels": self.point_labels.tolist() if self.points is not None else None,
             "classifier": self.classifier is not None,
-            "typical_distance": None if self.typical_distance is None else round(self.typical_distance, 3),
+            "typical_distance": round(self.typical_distance, 3),
+            "typical_distance_by_class": self.typical_by_class,
             "n_train": len(self._train),
             "limits": {"max_codes": MAX_CODES, "z": Z_LIMIT, "max_seed": MAX_SEED},
         }
