@@ -242,3 +242,30 @@ class _RunFolders(dict):
         if code != 0:
             pytest.fail(f"genlab train {name} failed (status {code}): {err.strip()[-500:]}")
         return super().__getitem__(name)
+
+
+# --------------------------------------------------------------------------------------------
+# genlab explore's server, on a free loopback port
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def explore_server():
+    """start(run_dir) -> a running `genlab explore` server (genlab.explore.ExploreServer) for that
+    run, on 127.0.0.1 and a free port, in a background thread; all are stopped after the test."""
+    import threading
+
+    from genlab.explore import make_server
+
+    servers = []
+
+    def start(run_dir):
+        server = make_server(run_dir)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -262,6 +262,12 @@ def cmd_report(args) -> None:
     print(f"report: {write_report(Path(args.lab_dir))}")
 
 
+def cmd_explore(args) -> None:
+    from .explore import serve
+
+    serve(Path(args.run_dir), host=args.host, port=args.port, open_browser=not args.no_browser)
+
+
 def cmd_eval(args) -> None:
     import json
 
@@ -408,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_lab)
+
+    p = commands.add_parser("explore", help="a live page in the browser: move through a run's latent space and see the digits")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this computer only)")
+    p.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
+    p.set_defaults(func=cmd_explore)
 
     p = commands.add_parser("report", help="rewrite report.html of a lab folder from its runs")
     p.add_argument("lab_dir", metavar="DIR")

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .evaluate import read_eval
+from .explore.offline import explorer_block
 from .metrics import RANKED
 from .models import get_model_class
 from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
@@ -231,6 +232,7 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
             if cell:
                 parts.append(f"<div class='col'>{cell}</div>")
         parts.append("</div>")
+        parts.append(explorer_block(r["dir"]))  # a live latent map, for models with a 2-D code
     parts.append("</body></html>")
     path = lab_dir / "report.html"
     atomic_write_text(path, "\n".join(parts))
