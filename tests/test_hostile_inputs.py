@@ -1,0 +1,118 @@
+"""Hostile and oversized inputs: one line, exit status 2, bounded memory, nothing lost.
+
+A decompression bomb as data, a received run folder whose config.json asks for an enormous
+network, `genlab sample -n` beyond memory and two processes writing one run folder. The
+memory-bound cases run the CLI in a child process whose address space is capped a little above
+what its imports use (`run_cli_limited`): without the bound, the allocation fails there (a
+traceback) instead of swamping the machine, and the child's peak resident memory is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
+from genlab import MODELS, fit, load_run
+from genlab.data import TRAIN_IMAGES, read_idx
+from genlab.errors import DataError, RunFolderError
+from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+
+QUIET = dict(progress=False, log=lambda _: None)
+MB = 2**20
+
+
+def one_line_error(code: int, err: str, *fragments: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("genlab: error: "), err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_idx_folder(tmp_path_factory.mktemp("hostile-idx"))
+
+
+@pytest.fixture(scope="module")
+def finished_vae(tmp_path_factory, data_dir) -> Path:
+    """A small finished VAE (hidden width 32), the run folder others send us."""
+    cfg = tiny_train_config("vae", data_dir)
+    return fit(cfg, MODELS["vae"].config_class(hidden_dims=(32,)), tmp_path_factory.mktemp("hostile-runs") / "vae", **QUIET)
+
+
+@pytest.fixture
+def someones_run(finished_vae, tmp_path) -> Path:
+    return Path(shutil.copytree(finished_vae, tmp_path / "received" / "vae"))
+
+
+def edit_config(run_dir: Path, section: str, **values) -> None:
+    info = json.loads((run_dir / CONFIG_FILE).read_text())
+    info[section].update(values)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(info))
+
+
+# --------------------------------------------------------------------------------------------
+# A decompression bomb as data
+# --------------------------------------------------------------------------------------------
+
+
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path, data_dir):
+    """3 MB of gzip that inflate to 3 GB behind a header promising MNIST's 47 MB: refused on
+    one line once the promise is exceeded, with memory bounded by the promised size."""
+    folder = Path(shutil.copytree(data_dir, tmp_path / "data"))
+    bomb = write_gzip_bomb(folder / f"{TRAIN_IMAGES}.gz", (60000, 28, 28), 3 * 2**30)
+    assert bomb.stat().st_size < 10 * MB
+    code, _, err, peak_mb = run_cli_limited(
+        tmp_path, "train", "vae", "--data", folder, "--out", tmp_path / "run", "--epochs", "1", "--quiet", budget_mb=1024
+    )
+    one_line_error(code, err, TRAIN_IMAGES, "unexpected bytes after the data", "(60000, 28, 28)")
+    assert peak_mb < 256, f"peak {peak_mb:.0f} MB above the start for 47 MB of promised data"
+    assert not (tmp_path / "run").exists()
+
+
+def test_idx_header_promising_an_absurd_size_is_refused_unread(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    write_gzip_bomb(path, (2**32 - 1, 28, 28), 0)
+    with pytest.raises(DataError, match="more than the 1,073,741,824 genlab reads"):
+        read_idx(path)
+
+
+# --------------------------------------------------------------------------------------------
+# A received run folder whose config.json does not describe its weights
+# --------------------------------------------------------------------------------------------
+
+
+def test_config_asking_for_an_enormous_network_is_refused_before_building(someones_run, tmp_path):
+    edit_config(someones_run, "model", hidden_dims=[100000, 100000])  # ~80 GB of float32 weights
+    code, _, err, peak_mb = run_cli_limited(tmp_path, "sample", someones_run, "-n", "4", "-o", tmp_path / "s.npy", budget_mb=1024)
+    one_line_error(code, err, "hidden_dims=(100000, 100000)", "parameters")
+    assert peak_mb < 64, f"peak {peak_mb:.0f} MB above the start"
+    assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [({"hidden_dims": [64]}, "hidden_dims=(64,)"), ({"latent_dim": 7}, "latent_dim=7")],
+)
+def test_config_that_does_not_fit_the_weights_names_the_field(values, fragment, someones_run, tmp_path):
+    edit_config(someones_run, "model", **values)
+    with pytest.raises(RunFolderError, match=r"config\.json: .*does not fit model\.safetensors") as caught:
+        load_run(someones_run)
+    assert fragment in str(caught.value)
+    (someones_run / WEIGHTS_FILE).unlink()  # an unfinished run: the checkpoint's header is checked
+    with pytest.raises(RunFolderError, match=rf"{fragment[:8]}.*does not fit {CHECKPOINT_FILE}"):
+        load_run(someones_run)
+    code, _, err = run_cli("resume", someones_run, "--epochs", "3", "--quiet")
+    one_line_error(code, err, CHECKPOINT_FILE)
+
+
+def test_training_an_enormous_network_is_refused_before_anything_is_written(tmp_path, data_dir):
+    code, _, err = run_cli("train", "gan", "--data", data_dir, "--out", tmp_path / "run", "--hidden-dims", "100000", "100000", "--quiet")
+    one_line_error(code, err, "hidden_dims=(100000, 100000)", "more than the 50,000,000 genlab builds")
+    assert not (tmp_path / "run").exists()
