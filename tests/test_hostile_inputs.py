@@ -13,12 +13,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
 from genlab import MODELS, fit, load_run
 from genlab.data import TRAIN_IMAGES, read_idx
 from genlab.errors import DataError, RunFolderError
+from genlab.limits import MAX_GRID_IMAGES
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 QUIET = dict(progress=False, log=lambda _: None)
@@ -116,3 +118,35 @@ def test_training_an_enormous_network_is_refused_before_anything_is_written(tmp_
     code, _, err = run_cli("train", "gan", "--data", data_dir, "--out", tmp_path / "run", "--hidden-dims", "100000", "100000", "--quiet")
     one_line_error(code, err, "hidden_dims=(100000, 100000)", "more than the 50,000,000 genlab builds")
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# genlab sample -n beyond memory
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_beyond_memory_streams_a_correct_npy(finished_vae, tmp_path):
+    """200,000 images (598 MB of float32) under a 320 MB cap: the file is right, memory flat."""
+    n, target = 200_000, tmp_path / "many.npy"
+    code, out, err, peak_mb = run_cli_limited(tmp_path, "sample", finished_vae, "-n", n, "--seed", "3", "-o", target, budget_mb=320)
+    assert code == 0, err[-2000:]
+    assert target.stat().st_size == 128 + n * 28 * 28 * 4  # the .npy header, then the array
+    assert peak_mb < 160, f"peak {peak_mb:.0f} MB above the start for a {target.stat().st_size / MB:.0f} MB file"
+    images = np.load(target, mmap_mode="r")
+    assert images.shape == (n, 28, 28) and images.dtype == np.float32
+    run = load_run(finished_vae)
+    np.testing.assert_array_equal(images[:1000], run.sample(1000, seed=3).squeeze(1).numpy())  # the first block
+    tail = images[-5000:]
+    assert np.isfinite(tail).all() and tail.min() >= 0 and tail.max() <= 1 and tail.std() > 0.01
+    assert not list(tmp_path.glob(".many.npy.*"))
+
+
+def test_sample_refuses_what_the_disk_cannot_hold_or_a_grid_too_large(finished_vae, tmp_path, monkeypatch):
+    import genlab.samples
+
+    code, _, err = run_cli("sample", finished_vae, "-n", MAX_GRID_IMAGES + 1, "-o", tmp_path / "grid.png")
+    one_line_error(code, err, f"at most {MAX_GRID_IMAGES:,} images", ".npy")
+    monkeypatch.setattr(genlab.samples.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    code, _, err = run_cli("sample", finished_vae, "-n", 3_000_000, "-o", tmp_path / "s.npy")
+    one_line_error(code, err, "3,000,000 images need 9,408,000,128 bytes", "1,000,000 free")
+    assert not list(tmp_path.iterdir())

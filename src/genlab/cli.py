@@ -169,38 +169,24 @@ def _output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     return target
 
 
-def _write_images(target: Path, images: np.ndarray) -> None:
-    """(N, 28, 28) float32 in [0, 1] -> .npy array, or .png grid to look at (digits dark on light)."""
-    from . import plots
-    from .utils import atomic_write_bytes
-
-    if target.suffix.lower() == ".png":
-        data = plots.grid_png(images)
-    else:
-        buffer = io.BytesIO()
-        np.save(buffer, images)
-        data = buffer.getvalue()
-    atomic_write_bytes(target, data)  # a failed write leaves no half file
-
-
 def cmd_sample(args) -> None:
+    from .samples import check_image_output, sample_batches, write_image_blocks
+
     if args.n < 1:
         raise GenlabError(f"-n must be at least 1 image, got {args.n}")
     target = _output_file(args.output, IMAGE_SUFFIXES)
+    check_image_output(target, args.n)
     run = _open_run(args)
     if not run.model.can_sample:
         raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
-    labels = None
     if args.digit is not None:
         if not run.model.conditional:
             raise GenlabError(f"model '{run.name}' is not conditional: --digit needs a conditional model (cvae, cgan)")
         if not 0 <= args.digit <= 9:
             raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
-        labels = [args.digit] * args.n
     prior = _fitted_prior(run, args.prior)
-    images = run.sample(args.n, seed=args.seed, labels=labels, prior=prior).squeeze(1).numpy().astype(np.float32)
-    _write_images(target, images)
-    print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {target}")
+    shape = write_image_blocks(target, args.n, sample_batches(run, args.n, args.seed, args.digit, prior))
+    print(f"wrote {args.n} samples {shape} to {target}")
 
 
 def cmd_encode(args) -> None:
@@ -218,13 +204,15 @@ def cmd_encode(args) -> None:
 
 
 def cmd_reconstruct(args) -> None:
+    from .samples import write_image_blocks
+
     target = _output_file(args.output, IMAGE_SUFFIXES)
     run = _open_run(args)
     if not hasattr(run.model, "reconstruct"):
         raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
     recon, _ = _over_test_set(run, run.reconstruct)
     recon = recon.squeeze(1).astype(np.float32)
-    _write_images(target, recon)
+    write_image_blocks(target, len(recon), [recon])
     print(f"wrote {len(recon)} reconstructions {recon.shape} to {target}")
 
 

@@ -244,10 +244,11 @@ class Run:
         return x.to(self.device)
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int = 0, labels=None, prior=None) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
-        `prior.MixturePrior` to draw the codes from instead of the model's N(0, I)."""
-        gen = make_generator(seed, self.device)
+        `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
+        draw from it instead (batches of one long sample continue one stream)."""
+        gen = generator if generator is not None else make_generator(seed, self.device)
         if prior is not None:
             return self.decode(prior.to(self.device).sample(n, generator=gen))
         if labels is not None:
