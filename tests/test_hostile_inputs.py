@@ -10,18 +10,23 @@ traceback) instead of swamping the machine, and the child's peak resident memory
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
+from conftest import REPO_ROOT, run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
 from genlab import MODELS, fit, load_run
 from genlab.data import TRAIN_IMAGES, read_idx
 from genlab.errors import DataError, RunFolderError
 from genlab.limits import MAX_GRID_IMAGES
-from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_config, read_metrics
 
 QUIET = dict(progress=False, log=lambda _: None)
 MB = 2**20
@@ -150,3 +155,73 @@ def test_sample_refuses_what_the_disk_cannot_hold_or_a_grid_too_large(finished_v
     code, _, err = run_cli("sample", finished_vae, "-n", 3_000_000, "-o", tmp_path / "s.npy")
     one_line_error(code, err, "3,000,000 images need 9,408,000,128 bytes", "1,000,000 free")
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# Two processes writing one run folder
+# --------------------------------------------------------------------------------------------
+
+
+def _genlab_process(*argv) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "genlab.cli", *map(str, argv)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_second_writer_is_refused_naming_the_first_and_a_killed_ones_lock_never_blocks(tmp_path, data_dir):
+    from genlab.lock import LOCK_FILE
+
+    run = tmp_path / "run"
+    tiny = ["--data", data_dir, "--out", run, "--batch-size", "32", "--hidden-dims", "16", "--device", "cpu", "--quiet", "--no-figures"]
+    first = _genlab_process("train", "vae", *tiny, "--epochs", "100000", "--epoch-eval-images", "60")
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / CHECKPOINT_FILE).is_file():  # the first epoch is done: it is training
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the first trainer never wrote a checkpoint"
+            time.sleep(0.2)
+        assert (run / LOCK_FILE).read_text().strip() == str(first.pid)
+
+        second = _genlab_process("resume", run)  # a real second process: without the lock it trains too
+        try:
+            _, err = second.communicate(timeout=120)
+        finally:
+            second.kill()
+        one_line_error(second.returncode, err, str(run), f"PID {first.pid}")
+        for argv in (["train", "vae", *tiny, "--epochs", "2", "--overwrite"], ["train", "vae", *tiny, "--resume"]):
+            one_line_error(*run_cli(*argv)[::2], f"PID {first.pid}")
+        code, _, err = run_cli("sample", run, "-n", "4", "-o", tmp_path / "s.npy")  # readers are not blocked
+        assert code == 0, err
+        assert first.poll() is None, "the first trainer should still be running"
+        assert read_config(run)[0].epochs == 100000
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+
+    assert (run / LOCK_FILE).read_text().strip() == str(first.pid)  # left behind by the killed process...
+    code, _, err = run_cli("train", "vae", *tiny, "--epochs", "1", "--overwrite")  # ...and released by the OS
+    assert code == 0, err
+    assert len(read_metrics(run)) == 1 and not (run / LOCK_FILE).exists()
+
+
+def test_fit_prior_and_lab_hold_the_lock(finished_vae, tmp_path, data_dir):
+    from genlab.lock import RunFolderLock
+
+    run = Path(shutil.copytree(finished_vae, tmp_path / "vae"))
+    with RunFolderLock(run):
+        one_line_error(*run_cli("fit-prior", run, "--components", "2")[::2], f"PID {os.getpid()}")
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    with RunFolderLock(lab):
+        one_line_error(*run_cli("lab", "--out", lab, "--models", "ae", "--epochs", "1", "--data", data_dir, "--quiet")[::2], f"PID {os.getpid()}")
+    assert [p.name for p in lab.iterdir()] == []
+
+
+def test_a_lock_file_linked_elsewhere_is_never_followed(finished_vae, tmp_path):
+    from genlab.lock import LOCK_FILE
+
+    run = Path(shutil.copytree(finished_vae, tmp_path / "vae"))
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (run / LOCK_FILE).symlink_to(precious)
+    one_line_error(*run_cli("resume", run, "--epochs", "2", "--quiet")[::2], "cannot write to", LOCK_FILE)
+    assert precious.read_text() == "keep me"

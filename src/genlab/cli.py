@@ -269,22 +269,24 @@ def cmd_eval(args) -> None:
 
 def cmd_fit_prior(args) -> None:
     from .data import fixed_binarization, load_dataset
+    from .lock import RunFolderLock
     from .prior import fit_mixture_prior, posterior_codes, save_prior
     from .runs import require_training_data
     from .utils import weights_sha256
 
-    run = _open_run(args)
-    _require_unconditional_vae(run, "fit-prior")
-    data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
-    # the prior must describe the codes of the digits the model learned from
-    require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
-    x_train, _ = data.tensors("train", run.device)
-    if run.train_config.binarize:  # the codes of what the run learned from
-        x_train = fixed_binarization(x_train)
-    codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
-    prior = fit_mixture_prior(codes, args.components, args.seed)
-    fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
-    path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
+    with RunFolderLock(args.run_dir):  # not while the run trains: the prior would fit weights about to change
+        run = _open_run(args)
+        _require_unconditional_vae(run, "fit-prior")
+        data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
+        # the prior must describe the codes of the digits the model learned from
+        require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
+        x_train, _ = data.tensors("train", run.device)
+        if run.train_config.binarize:  # the codes of what the run learned from
+            x_train = fixed_binarization(x_train)
+        codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
+        prior = fit_mixture_prior(codes, args.components, args.seed)
+        fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
+        path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
     print(f"fitted a {args.components}-component Gaussian mixture to {len(codes)} codes of the {len(x_train)} training digits: {path}")
     print(f"use it: genlab sample {run.path} --prior gmm -o samples.png; genlab eval {run.path} --prior gmm")
 

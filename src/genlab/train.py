@@ -37,6 +37,7 @@ from .config import ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
+from .lock import LOCK_FILE, RunFolderLock
 from .models import GenerativeModel, get_model_class
 from .runs import (
     CHECKPOINT_FILE,
@@ -107,7 +108,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     config: it simply starts)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"output path {run_dir} exists and is not a folder")
-    leftovers = (WRITE_PROBE, *(f".{name}." for name in RUN_FILES))  # a killed process's, never read
+    leftovers = (WRITE_PROBE, LOCK_FILE, *(f".{name}." for name in RUN_FILES))  # a killed process's, never read
     existing = run_dir.is_dir() and any(not p.name.startswith(leftovers) for p in run_dir.iterdir())
     if existing and not resume and not overwrite:
         raise RunFolderError(f"output folder {run_dir} already exists: use --resume to continue it or --overwrite to replace it")
@@ -118,12 +119,13 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     return resume
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunFolderLock) -> None:
     """Create (or, for --overwrite, clear) the folder. Called only once the configs, the data
     and the checkpoint have been checked, so a refused run never deletes an old one."""
     try:
         existing = run_dir.is_dir() and any(run_dir.iterdir())
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # a folder made just now (or by a writer started at the same time): before any change
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
             for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE):
@@ -234,11 +236,20 @@ def evaluate_split(model: GenerativeModel, x: torch.Tensor, y: torch.Tensor, bat
     return {k: float(v) / len(x) for k, v in sums.items()}
 
 
-def fit(
+def fit(train_config: TrainConfig, model_config: ModelConfig | None = None, run_dir: str | Path = "runs/run", **options) -> Path:
+    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring and
+    `_fit` for the options. The folder's lock (lock.py) is held throughout: a second writer of
+    the same folder is refused before it reads, deletes or writes anything."""
+    with RunFolderLock(run_dir) as lock:
+        return _fit(train_config, model_config, Path(run_dir), lock=lock, **options)
+
+
+def _fit(
     train_config: TrainConfig,
-    model_config: ModelConfig | None = None,
-    run_dir: str | Path = "runs/run",
+    model_config: ModelConfig | None,
+    run_dir: Path,
     *,
+    lock: RunFolderLock,
     resume: bool = False,
     overwrite: bool = False,
     data: DataBundle | None = None,
@@ -246,12 +257,8 @@ def fit(
     log: Callable[[str], None] = print,
     stop_after_steps: int | None = None,
 ) -> Path:
-    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
-
-    `stop_after_steps` ends the loop after that many optimizer steps in this call, as if the
-    process had been killed there: what was not checkpointed is lost (used by the crash tests).
-    """
-    run_dir = Path(run_dir)
+    """`stop_after_steps` ends the loop after that many optimizer steps in this call, as if the
+    process had been killed there: what was not checkpointed is lost (used by the crash tests)."""
     # Everything that can refuse the run (folder, configs, data, checkpoint) is checked before
     # anything is written, so a refused command never touches an existing run.
     resumable = _check_run_dir(run_dir, resume, overwrite)
@@ -307,7 +314,7 @@ def fit(
         shuffle_gen.set_state(epoch_start_shuffle)
         log(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
 
-    _prepare_run_dir(run_dir, resume, overwrite)
+    _prepare_run_dir(run_dir, resume, overwrite, lock)
     if resume:
         # The checkpoint's rows are the log: a row written after it (or lost before it) is
         # put right now, so metrics.jsonl never has gaps or duplicates.
