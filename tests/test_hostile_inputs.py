@@ -225,3 +225,57 @@ def test_a_lock_file_linked_elsewhere_is_never_followed(finished_vae, tmp_path):
     (run / LOCK_FILE).symlink_to(precious)
     one_line_error(*run_cli("resume", run, "--epochs", "2", "--quiet")[::2], "cannot write to", LOCK_FILE)
     assert precious.read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------------------------
+# The next ones: every other file genlab reads back, as an attacker would write it
+# --------------------------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # the parser's recursion limit: a RecursionError, not a JSONDecodeError
+
+
+@pytest.mark.parametrize(
+    "file, text, command, fragment",
+    [
+        (CONFIG_FILE, DEEP_JSON, "sample", "nested too deeply"),
+        (METRICS_FILE, DEEP_JSON + "\n", "plot", "line 1 is not valid JSON"),
+        (METRICS_FILE, '{"epoch": 1, "train": 5}\n', "plot", "'train' must be an object of numbers"),
+        ("eval.json", DEEP_JSON, "report", "nested too deeply"),
+        ("eval.json", '{"metrics": {"fid": 1.0}, "warnings": 5}', "report", "'warnings' must be a list of strings"),
+    ],
+)
+def test_hostile_json_is_one_line(file, text, command, fragment, someones_run, tmp_path):
+    (someones_run / file).write_text(text)
+    target = someones_run.parent if command == "report" else someones_run
+    argv = [command, target] + (["-o", tmp_path / "s.npy"] if command == "sample" else [])
+    one_line_error(*run_cli(*argv)[::2], file, fragment)
+
+
+def test_hostile_config_values_are_one_line(someones_run, tmp_path):
+    edit_config(someones_run, "train", seed=10**30)  # torch.manual_seed overflowed with a traceback
+    one_line_error(*run_cli("resume", someones_run, "--epochs", "2", "--quiet")[::2], "seed must fit in 64 bits")
+    edit_config(someones_run, "train", seed=0)
+    one_line_error(*run_cli("sample", someones_run, "--seed", 2**64, "-o", tmp_path / "s.npy")[::2], "seed must fit")
+    for option in ("--n-samples", "--iw-samples"):  # both were allocated (or looped over) at once
+        one_line_error(*run_cli("eval", someones_run, option, 10**12, "--no-save")[::2], "is more than the 100,000")
+    edit_config(someones_run, "model", latent_dim=10**30)
+    one_line_error(*run_cli("sample", someones_run, "-o", tmp_path / "s.npy")[::2], "does not build a 'vae' model")
+
+
+def test_figures_linked_elsewhere_are_never_written_through(someones_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "samples.png").write_text("my file")
+    shutil.rmtree(someones_run / "figures", ignore_errors=True)
+    (someones_run / "figures").symlink_to(mine)
+    one_line_error(*run_cli("plot", someones_run)[::2], "is a link to")
+    assert (mine / "samples.png").read_text() == "my file"
+
+
+def test_odd_names_stay_one_line_and_out_of_the_report_html(finished_vae, tmp_path):
+    one_line_error(*run_cli("sample", tmp_path / "no\nsuch", "-o", tmp_path / "s.npy")[::2], "no\\nsuch")
+    lab = tmp_path / "lab"
+    Path(shutil.copytree(finished_vae, lab / "<img src=x onerror=alert(1)>"))
+    code, _, err = run_cli("report", lab)
+    assert code == 0, err
+    assert "<img src=x" not in (lab / "report.html").read_text()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .errors import GenlabError
+from .errors import GenlabError, one_line
 
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
@@ -434,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except GenlabError as e:
-        print(f"genlab: error: {e}", file=sys.stderr)
+        print(f"genlab: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, permissions: say which file, keep what was written
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"genlab: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"genlab: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)

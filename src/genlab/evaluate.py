@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import math
 import os
 import time
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError
+from .limits import EVAL_FIELDS, check_eval_sizes, check_fields, parse_json, read_json_text
 from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
@@ -383,6 +383,7 @@ def evaluate_run(
 
     if not isinstance(run, Run):
         run = load_run(run)
+    check_eval_sizes(n_samples, iw_samples)
     if n_samples <= PR_NEIGHBOURS or iw_samples < 1:
         raise GenlabError(
             f"n_samples must be at least {PR_NEIGHBOURS + 1} and iw_samples at least 1, got {n_samples} and {iw_samples}"
@@ -572,11 +573,12 @@ def read_eval(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         return {}
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunFolderError(f"{path}: not valid JSON ({e}); rerun `genlab eval {run_dir}`") from None
-    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
-        raise RunFolderError(f"{path}: no 'metrics' object; rerun `genlab eval {run_dir}`")
+        results = parse_json(read_json_text(path), str(path))
+        if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+            raise RunFolderError(f"{path}: no 'metrics' object")
+        check_fields(results, EVAL_FIELDS, str(path))
+    except RunFolderError as e:
+        raise RunFolderError(f"{e}; rerun `genlab eval {run_dir}`") from None
     return results
 
 

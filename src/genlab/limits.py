@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import GenlabError, RunFolderError
+from .errors import GenlabError, RunFolderError, one_line
 
 # An IDX file's payload, as its header promises it: EMNIST ByClass's training images are 547 MB,
 # MNIST's 47 MB; a header promising more is refused before a byte of it is read or inflated.
@@ -30,6 +30,10 @@ MAX_JSON_BYTES = 64 * 2**20
 MAX_SAFETENSORS_HEADER = 64 * 2**20
 # A .png grid: 100 x 100 digits (2,800 pixels square) holds a whole MNIST test split.
 MAX_GRID_IMAGES = 10_000
+# `genlab eval`: samples scored (held in memory, with their features) and importance samples per
+# image; 10x and 20x the papers' protocols (10,000 samples for FID, K = 5,000 for IWAE).
+MAX_EVAL_SAMPLES = 100_000
+MAX_IW_SAMPLES = 100_000
 # Images generated per batch by `genlab sample` (and so per block written): bounded memory for any -n.
 SAMPLE_BATCH = 1000
 
@@ -60,6 +64,52 @@ def parse_json(text: str, where: str):
         raise RunFolderError(f"{where}: not valid JSON ({e})") from None
     except RecursionError:
         raise RunFolderError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "number":
+        return _is_number(value)
+    if kind == "numbers":  # an object of numbers (NaN and inf allowed: a diverged run's figures)
+        return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, {"string": str, "object": dict}[kind])
+
+
+# What the fields genlab reads back from its own JSON files must be, where present.
+RUN_INFO_FIELDS = {"parameters": "number", "device": "string", "versions": "object", "data": "object"}
+DATA_INFO_FIELDS = {"name": "string", "source": "string", "sha256": "string", "notes": "strings", "n_train": "number", "n_test": "number"}
+METRICS_ROW_FIELDS = {"train": "numbers", "test": "numbers", "health": "numbers", "warnings": "strings"}  # the rest: numbers
+EVAL_FIELDS = {"metrics": "numbers", "notes": "strings", "warnings": "strings", "n_samples": "number", "iw_samples": "number", "n_test": "number"}
+
+
+_KIND_WORDS = {"number": "a number", "numbers": "an object of numbers", "strings": "a list of strings", "string": "a string", "object": "an object"}
+
+
+def check_fields(obj: dict, kinds: dict[str, str], where: str, others: str | None = None) -> None:
+    """Refuse, naming the field, a value of the wrong kind in a JSON object genlab reads back
+    (`others`: the kind every field not in `kinds` must have)."""
+    for key, value in obj.items():
+        kind = kinds.get(key, others)
+        if kind is not None and not _is_kind(value, kind):
+            raise RunFolderError(f"{where}: '{one_line(key)[:40]}' must be {_KIND_WORDS[kind]}")
+
+
+def check_run_info(raw: dict, where: str) -> None:
+    """The parts of config.json beside the configs that genlab reads back (data, versions, ...)."""
+    check_fields(raw, RUN_INFO_FIELDS, where)
+    check_fields(raw.get("data", {}), DATA_INFO_FIELDS, f"{where}: data")
+
+
+def check_eval_sizes(n_samples: int, iw_samples: int) -> None:
+    if n_samples > MAX_EVAL_SAMPLES:
+        raise GenlabError(f"--n-samples {n_samples:,} is more than the {MAX_EVAL_SAMPLES:,} genlab eval scores")
+    if iw_samples > MAX_IW_SAMPLES:
+        raise GenlabError(f"--iw-samples {iw_samples:,} is more than the {MAX_IW_SAMPLES:,} genlab eval draws per image")
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +160,7 @@ def meta_state_shapes(model_cls, model_config) -> dict[str, tuple[int, ...]]:
     except GenlabError:
         raise
     except Exception as e:  # noqa: BLE001 - any config the constructor cannot build is the config's fault
-        raise RunFolderError(f"model config {model_config} does not build a '{model_cls.name}' model ({str(e)[:120]})") from None
+        raise RunFolderError(f"the model config does not build a '{model_cls.name}' model ({one_line(str(e).splitlines()[0] if str(e) else e)[:160]})") from None
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     total = sum(math.prod(p.shape) for p in model.parameters())
     if total > MAX_PARAMETERS:

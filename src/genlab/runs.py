@@ -31,7 +31,16 @@ from safetensors.torch import save as save_safetensors_bytes
 from . import __version__
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import RunFolderError
-from .limits import check_config_fits_weights, meta_state_shapes, parse_json, read_json_text, safetensors_header
+from .limits import (
+    METRICS_ROW_FIELDS,
+    check_config_fits_weights,
+    check_fields,
+    check_run_info,
+    meta_state_shapes,
+    parse_json,
+    read_json_text,
+    safetensors_header,
+)
 from .models import GenerativeModel, get_model_class
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, make_generator, pick_device
 
@@ -103,6 +112,7 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
         raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
     if raw.get("format_version") != FORMAT_VERSION:
         raise RunFolderError(f"{path}: run folder format {raw.get('format_version')!r}, this genlab reads {FORMAT_VERSION}")
+    check_run_info(raw, str(path))
     try:
         train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train", saved=True)
         model_cls = get_model_class(train_config.model)
@@ -201,6 +211,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
             raise RunFolderError(f"{path}: line {i} is not valid JSON") from None
         if not isinstance(row, dict):
             raise RunFolderError(f"{path}: line {i} is not a JSON object")
+        check_fields(row, METRICS_ROW_FIELDS, f"{path}: line {i}", others="number")
         rows.append(row)
     return rows
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import check_seed
 from .errors import GenlabError
 
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
@@ -39,6 +40,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices) so a run can be repeated exactly on CPU."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -46,6 +48,7 @@ def seed_everything(seed: int) -> None:
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A private torch.Generator: sampling with it never disturbs the global RNG stream."""
+    check_seed(seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
