@@ -269,3 +269,70 @@ def explore_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile inputs: a decompression bomb, and the CLI in a child process with bounded memory
+# --------------------------------------------------------------------------------------------
+
+
+def write_gzip_bomb(path: Path, shape: tuple[int, ...], inflated_bytes: int, block: int = 2**20) -> Path:
+    """A valid .gz IDX file whose header promises `shape` but which inflates to about
+    `inflated_bytes` of zeros after it. Built without inflating anything: after a full flush a
+    deflate block does not refer back, so the compressed block of `block` zeros is repeated."""
+    import gzip
+    import zlib
+
+    header = bytes([0, 0, 0x08, len(shape)]) + b"".join(int(d).to_bytes(4, "big") for d in shape)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    zeros = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    repeats = inflated_bytes // block
+    crc = zlib.crc32(header)
+    for _ in range(repeats):
+        crc = zlib.crc32(bytes(block), crc)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(b"")[:10])  # the 10-byte gzip member header
+        f.write(start)
+        for _ in range(repeats):
+            f.write(zeros)
+        f.write(deflate.flush())
+        f.write(crc.to_bytes(4, "little") + ((len(header) + repeats * block) % 2**32).to_bytes(4, "little"))
+    return path
+
+
+# Run in a child: imports genlab's modules, caps the address space at what it then uses plus the
+# budget (so an unbounded allocation fails at once instead of swamping the machine), runs the
+# command and reports its peak resident memory above the level it started the command at.
+_LIMITED_CLI = """
+import json, resource, sys
+import genlab.cli, genlab.evaluate, genlab.plots, genlab.train
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))
+budget, report, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_AS, (status('VmSize') + budget, resource.RLIM_INFINITY))
+start = status('VmRSS')
+try:
+    code = genlab.cli.main(argv)
+finally:
+    open(report, 'w').write(json.dumps({'start': start, 'peak': status('VmHWM')}))
+sys.exit(code)
+"""
+
+
+def run_cli_limited(tmp_path: Path, *argv, budget_mb: int, timeout: float = 300) -> tuple[int, str, str, float]:
+    """`genlab argv...` in a child process whose memory is capped at `budget_mb` MB above what
+    its imports use: (exit status, stdout, stderr, peak resident MB above the start)."""
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "memory-report.json"
+    report.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [sys.executable, "-c", _LIMITED_CLI, str(budget_mb * 2**20), str(report), *map(str, argv)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    used = json.loads(report.read_text()) if report.is_file() else {"start": 0, "peak": 0}
+    return result.returncode, result.stdout, result.stderr, (used["peak"] - used["start"]) / 2**20

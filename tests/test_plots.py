@@ -169,3 +169,16 @@ def test_every_figure_of_each_model_is_written_and_not_empty(name, tiny_runs, ti
     assert set(figures) == expected_figures(run.model)
     for path in figures.values():
         assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_the_report_shows_a_figure_it_has_no_title_for(tiny_runs, tmp_path):
+    """Adding a figure is one function in plots.py: report.html shows any PNG in figures/."""
+    import shutil
+
+    from genlab.report import write_report
+
+    lab = tmp_path / "lab"
+    shutil.copytree(tiny_runs["vae"], lab / "vae")
+    shutil.copy(lab / "vae" / "figures" / "samples.png", lab / "vae" / "figures" / "a_new_view.png")
+    page = write_report(lab).read_text()
+    assert "vae: a_new_view" in page and "vae: Samples" in page

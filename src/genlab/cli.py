@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig, choices
-from .errors import GenlabError
+from .errors import GenlabError, one_line
 
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
@@ -171,38 +171,24 @@ def _output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     return target
 
 
-def _write_images(target: Path, images: np.ndarray) -> None:
-    """(N, 28, 28) float32 in [0, 1] -> .npy array, or .png grid to look at (digits dark on light)."""
-    from . import plots
-    from .utils import atomic_write_bytes
-
-    if target.suffix.lower() == ".png":
-        data = plots.grid_png(images)
-    else:
-        buffer = io.BytesIO()
-        np.save(buffer, images)
-        data = buffer.getvalue()
-    atomic_write_bytes(target, data)  # a failed write leaves no half file
-
-
 def cmd_sample(args) -> None:
+    from .samples import check_image_output, sample_batches, write_image_blocks
+
     if args.n < 1:
         raise GenlabError(f"-n must be at least 1 image, got {args.n}")
     target = _output_file(args.output, IMAGE_SUFFIXES)
+    check_image_output(target, args.n)
     run = _open_run(args)
     if not run.model.can_sample:
         raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
-    labels = None
     if args.digit is not None:
         if not run.model.conditional:
             raise GenlabError(f"model '{run.name}' is not conditional: --digit needs a conditional model (cvae, cgan)")
         if not 0 <= args.digit <= 9:
             raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
-        labels = [args.digit] * args.n
     prior = _fitted_prior(run, args.prior)
-    images = run.sample(args.n, seed=args.seed, labels=labels, prior=prior).squeeze(1).numpy().astype(np.float32)
-    _write_images(target, images)
-    print(f"wrote {images.shape[0]} samples {tuple(images.shape)} to {target}")
+    shape = write_image_blocks(target, args.n, sample_batches(run, args.n, args.seed, args.digit, prior))
+    print(f"wrote {args.n} samples {shape} to {target}")
 
 
 def cmd_encode(args) -> None:
@@ -220,13 +206,15 @@ def cmd_encode(args) -> None:
 
 
 def cmd_reconstruct(args) -> None:
+    from .samples import write_image_blocks
+
     target = _output_file(args.output, IMAGE_SUFFIXES)
     run = _open_run(args)
     if not run.model.can_encode:
         raise GenlabError(f"model '{run.name}' cannot reconstruct; reconstruct needs an ae or vae run")
     recon, _ = _over_test_set(run, run.reconstruct)
     recon = recon.squeeze(1).astype(np.float32)
-    _write_images(target, recon)
+    write_image_blocks(target, len(recon), [recon])
     print(f"wrote {len(recon)} reconstructions {recon.shape} to {target}")
 
 
@@ -289,22 +277,24 @@ def cmd_eval(args) -> None:
 
 def cmd_fit_prior(args) -> None:
     from .data import fixed_binarization, load_dataset
+    from .lock import RunFolderLock
     from .prior import fit_mixture_prior, posterior_codes, save_prior
     from .runs import require_training_data
     from .utils import weights_sha256
 
-    run = _open_run(args)
-    _require_unconditional_vae(run, "fit-prior")
-    data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
-    # the prior must describe the codes of the digits the model learned from
-    require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
-    x_train, _ = data.tensors("train", run.device)
-    if run.train_config.binarize:  # the codes of what the run learned from
-        x_train = fixed_binarization(x_train)
-    codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
-    prior = fit_mixture_prior(codes, args.components, args.seed)
-    fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
-    path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
+    with RunFolderLock(args.run_dir):  # not while the run trains: the prior would fit weights about to change
+        run = _open_run(args)
+        _require_unconditional_vae(run, "fit-prior")
+        data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
+        # the prior must describe the codes of the digits the model learned from
+        require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
+        x_train, _ = data.tensors("train", run.device)
+        if run.train_config.binarize:  # the codes of what the run learned from
+            x_train = fixed_binarization(x_train)
+        codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
+        prior = fit_mixture_prior(codes, args.components, args.seed)
+        fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
+        path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
     print(f"fitted a {args.components}-component Gaussian mixture to {len(codes)} codes of the {len(x_train)} training digits: {path}")
     print(f"use it: genlab sample {run.path} --prior gmm -o samples.png; genlab eval {run.path} --prior gmm")
 
@@ -459,11 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except GenlabError as e:
-        print(f"genlab: error: {e}", file=sys.stderr)
+        print(f"genlab: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, permissions: say which file, keep what was written
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"genlab: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"genlab: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)

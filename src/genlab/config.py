@@ -28,6 +28,12 @@ def check_off_or_positive(name: str, value: float) -> None:
         raise GenlabError(f"{name} must be 0 (off) or a positive number, got {value}")
 
 
+def check_seed(seed: int) -> None:
+    """A seed torch can take (a signed or unsigned 64-bit integer)."""
+    if not -(2**63) <= seed < 2**64:
+        raise GenlabError(f"seed must fit in 64 bits, got {seed}")
+
+
 def check_fraction(name: str, value: float, upper: float) -> None:
     """A rate or probability of a config (dropout, label smoothing): in [0, upper)."""
     if not 0 <= value < upper:
@@ -78,6 +84,7 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise GenlabError(f"checkpoint-every must be 0 or more steps, got {self.checkpoint_every}")
         check_off_or_positive("grad-clip", self.grad_clip)
+        check_seed(self.seed)
         if self.eval_batch_size < 1:
             raise GenlabError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
         if self.epoch_eval_images < 0:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .limits import MAX_IDX_BYTES
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -96,20 +97,43 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def _open_bytes(path: Path) -> bytes:
+    """The IDX file's bytes, inflated if gzipped, read no further than its header promises: a
+    small .gz that inflates to many GB (a decompression bomb) costs no more memory than the data
+    its header describes, and a header promising more than MAX_IDX_BYTES is refused unread."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":  # not gzip magic: a raw IDX file
+                f.seek(0)
+                return _read_promised(f, str(path))
+            f.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=f) as inflated:
+                    return _read_promised(inflated, str(path))
+            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected an IDX file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == b"\x1f\x8b":  # gzip magic
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
+
+
+def _read_promised(stream, source: str) -> bytes:
+    """The header, then exactly the payload it promises; parse_idx checks the rest. Reading one
+    byte past the promise tells a longer (or endlessly inflating) stream without reading it."""
+    head = stream.read(4)
+    if len(head) < 4 or head[:3] != bytes([0, 0, _IDX_UBYTE]) or not 1 <= head[3] <= 4:
+        return head + stream.read(4)  # parse_idx says what is wrong with this header
+    head += stream.read(4 * head[3])
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(head[3]))
+    expected = math.prod(shape)
+    if len(head) == 4 + 4 * len(shape) and expected > MAX_IDX_BYTES:
+        raise DataError(f"{source}: IDX header promises {expected:,} bytes for shape {shape}, more than the {MAX_IDX_BYTES:,} genlab reads")
+    data = head + stream.read(expected)
+    if len(data) == len(head) + expected and stream.read(1):
+        raise DataError(f"{source}: unexpected bytes after the data for shape {shape} (the file holds more than its header promises)")
+    return data
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:

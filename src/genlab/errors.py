@@ -19,3 +19,9 @@ class RunFolderError(GenlabError):
 
 class TrainingDiverged(GenlabError):
     """A loss or gradient became non-finite; the last good checkpoint is kept."""
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (a newline in a file name or in a library's
+    message would otherwise split the one-line error)."""
+    return "".join(repr(c)[1:-1] if c.isascii() and not c.isprintable() else c for c in str(text))

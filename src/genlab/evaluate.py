@@ -17,7 +17,6 @@ with private torch.Generators, so evaluating a run twice gives the same numbers.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -34,6 +33,7 @@ from .errors import GenlabError, RunFolderError
 from .metrics import KNN_NEIGHBOURS, PR_NEIGHBOURS, PROB_EPS, direction, notes_for
 from .models.base import default_labels
 from .models.losses import gaussian_kl
+from .limits import EVAL_FIELDS, check_eval_sizes, check_fields, parse_json, read_json_text
 from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
@@ -497,6 +497,7 @@ def evaluate_run(
 
     if not isinstance(run, Run):
         run = load_run(run)
+    check_eval_sizes(n_samples, iw_samples)
     if n_samples <= PR_NEIGHBOURS or iw_samples < 1:
         raise GenlabError(
             f"n_samples must be at least {PR_NEIGHBOURS + 1} and iw_samples at least 1, got {n_samples} and {iw_samples}"
@@ -568,11 +569,12 @@ def read_eval(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         return {}
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunFolderError(f"{path}: not valid JSON ({e}); rerun `genlab eval {run_dir}`") from None
-    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
-        raise RunFolderError(f"{path}: no 'metrics' object; rerun `genlab eval {run_dir}`")
+        results = parse_json(read_json_text(path), str(path))
+        if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+            raise RunFolderError(f"{path}: no 'metrics' object")
+        check_fields(results, EVAL_FIELDS, str(path))
+    except RunFolderError as e:
+        raise RunFolderError(f"{e}; rerun `genlab eval {run_dir}`") from None
     return results
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import RunFolderError
+from .lock import LOCK_FILE, RunFolderLock
 from .models import get_model_class
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
 from .train import fit
@@ -46,29 +47,29 @@ def run_lab(
         raise RunFolderError("no models given: e.g. --models ae,vae,gan")
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"lab folder {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (resume or overwrite):
+    if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()) and not (resume or overwrite):
         raise RunFolderError(f"lab folder {out_dir} already exists: use --resume to continue it or --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    data = load_dataset("mnist", data_dir)
-    log(f"data: {data.source}")
-    for note in data.notes:
-        log(f"data: {note}")
+    with RunFolderLock(out_dir):  # one lab per folder; each fit also locks its model's folder
+        data = load_dataset("mnist", data_dir)
+        log(f"data: {data.source}")
+        for note in data.notes:
+            log(f"data: {note}")
 
-    for name in models:
-        run_dir = out_dir / name
-        train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device)
-        if resume and _finished(run_dir, epochs):
-            log(f"{name}: finished run found in {run_dir}, reusing it")
-        else:
-            continue_run = resume and (run_dir / CONFIG_FILE).is_file()
-            log(f"{name}: {'resuming' if continue_run else 'training'} into {run_dir}")
-            fit(train_config, None, run_dir, resume=continue_run, overwrite=overwrite and not continue_run, data=data, progress=progress, log=log)
-        run = load_run(run_dir, device=device)
-        plots.make_figures(run, data, seed=seed)
-        _evaluate(run, data, seed, log)
-    report = write_report(out_dir, models=list(models))
-    return report
+        for name in models:
+            run_dir = out_dir / name
+            train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device)
+            if resume and _finished(run_dir, epochs):
+                log(f"{name}: finished run found in {run_dir}, reusing it")
+            else:
+                continue_run = resume and (run_dir / CONFIG_FILE).is_file()
+                log(f"{name}: {'resuming' if continue_run else 'training'} into {run_dir}")
+                fit(train_config, None, run_dir, resume=continue_run, overwrite=overwrite and not continue_run, data=data, progress=progress, log=log)
+            run = load_run(run_dir, device=device)
+            plots.make_figures(run, data, seed=seed)
+            _evaluate(run, data, seed, log)
+        return write_report(out_dir, models=list(models))
 
 
 def _finished(run_dir: Path, epochs: int | None) -> bool:

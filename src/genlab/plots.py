@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 from statistics import NormalDist
 
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import torch  # noqa: E402
 
 from .data import DataBundle, load_dataset  # noqa: E402
+from .errors import RunFolderError  # noqa: E402
 from .runs import FIGURES_DIR, Run  # noqa: E402
 from .utils import atomic_write_bytes, make_generator  # noqa: E402
 
@@ -222,6 +224,8 @@ def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_poin
     x, y = data.tensors("test")
     x, y = x[:n_points], y[:n_points]
     out = run.path / FIGURES_DIR
+    if out.is_symlink():  # a received run's figures/ linked to a folder of yours: never write through it
+        raise RunFolderError(f"{out} is a link to {os.readlink(out)}: genlab writes figures only into a folder of the run's own")
     out.mkdir(exist_ok=True)
     figures: dict[str, Path] = {}
     model = run.model

@@ -64,6 +64,12 @@ def _figure(run_dir: Path, name: str, model: str) -> str:
     return f"<figure>{_img(path, f'{model} {title}')}<figcaption>{html.escape(model)}: {html.escape(title)}</figcaption></figure>"
 
 
+def _figure_names(run_dir: Path) -> list[str]:
+    """The run's figures: the known ones in FIGURE_TITLES' order, then any other PNG plots.py wrote."""
+    present = {p.stem for p in (run_dir / FIGURES_DIR).glob("*.png")} if (run_dir / FIGURES_DIR).is_dir() else set()
+    return [name for name in FIGURE_TITLES if name in present] + sorted(present - set(FIGURE_TITLES))
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -106,7 +112,7 @@ def _summary_table(runs: list[dict]) -> str:
         if losses and 0 < scored < n_test:  # the loss curves' subset, not the whole split
             losses += f" (first {scored} of {n_test} test digits)"
         rows.append(
-            f"<tr><td>{r['name']}</td><td>{r['family']}</td><td>{r['info'].get('parameters', '')}</td>"
+            f"<tr><td>{html.escape(r['name'])}</td><td>{r['family']}</td><td>{_fmt(r['info'].get('parameters', ''))}</td>"
             f"<td>{r['model'].latent_dim}</td><td>{len(r['metrics'])}</td><td>{seconds:.1f}</td><td>{html.escape(losses)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -155,7 +161,7 @@ def _metrics_table(runs: list[dict]) -> str:
                 keys.append(k)
     if not keys:
         return ""
-    head = "<tr><th>metric</th>" + "".join(f"<th>{r['name']}</th>" for r in runs) + "</tr>"
+    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r['name'])}</th>" for r in runs) + "</tr>"
     body = []
     for k in keys:
         cells = "".join(f"<td>{_fmt(r['eval'].get('metrics', {}).get(k, ''))}</td>" for r in runs)
@@ -171,7 +177,7 @@ def _metrics_table(runs: list[dict]) -> str:
         scored = [(r["name"], _metric(r, metric.name)) for r in runs if _metric(r, metric.name) is not None]
         if len(scored) >= 2:
             scored.sort(key=lambda item: item[1], reverse=metric.higher_is_better)
-            ranking.append(f"<li>{html.escape(metric.label)}: " + " &gt; ".join(f"<b>{n}</b> ({v:.4g})" for n, v in scored) + "</li>")
+            ranking.append(f"<li>{html.escape(metric.label)}: " + " &gt; ".join(f"<b>{html.escape(n)}</b> ({v:.4g})" for n, v in scored) + "</li>")
     rank_html = f"<h3>Ranking, best first</h3><ul>{''.join(ranking)}</ul>" if ranking else ""
     notes = {n for r in runs for n in r["eval"].get("notes", [])}
     note_html = "".join(f"<li>{html.escape(str(n))}</li>" for n in sorted(notes))
@@ -199,7 +205,7 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         f"<style>{STYLE}</style></head><body>",
         "<h1>genlab: autoencoders, VAEs and GANs</h1>",
         f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Data: {html.escape(data.get('source', '?'))} "
-        f"({data.get('n_train', '?')} training, {data.get('n_test', '?')} test images).</p>",
+        f"({_fmt(data.get('n_train', '?'))} training, {_fmt(data.get('n_test', '?'))} test images).</p>",
         "<h2>Summary</h2>",
         _summary_table(runs),
         _metrics_table(runs),
@@ -210,7 +216,7 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
     for family, members in families.items():
         if not members:
             continue
-        parts.append(f"<div class='col'><h3>{family.capitalize()}: {', '.join(r['name'] for r in members)}</h3>")
+        parts.append(f"<div class='col'><h3>{family.capitalize()}: {html.escape(', '.join(r['name'] for r in members))}</h3>")
         parts.append(f"<p>{FAMILY_TEXT[family]}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
     parts.append("</div>")
     # The pictures that both families can show, next to each other.
@@ -223,11 +229,11 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         parts.extend(f"<div class='col'>{c}</div>" for _, c in cells)
         parts.append("</div>")
     for r in runs:
-        parts.append(f"<h2 id='{r['name']}'>{r['name']} ({r['family']})</h2>")
+        parts.append(f"<h2 id='{html.escape(r['name'])}'>{html.escape(r['name'])} ({r['family']})</h2>")
         parts.append(f"<p class='note'>{html.escape(json.dumps({'train': r['info'].get('train'), 'model': r['info'].get('model')}))}</p>")
         parts.append(_warnings(r))
         parts.append("<div class='row'>")
-        for figure in FIGURE_TITLES:
+        for figure in _figure_names(r["dir"]):
             cell = _figure(r["dir"], figure, r["name"])
             if cell:
                 parts.append(f"<div class='col'>{cell}</div>")

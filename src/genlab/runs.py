@@ -31,6 +31,16 @@ from safetensors.torch import save as save_safetensors_bytes
 from . import __version__
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import RunFolderError
+from .limits import (
+    METRICS_ROW_FIELDS,
+    check_config_fits_weights,
+    check_fields,
+    check_run_info,
+    meta_state_shapes,
+    parse_json,
+    read_json_text,
+    safetensors_header,
+)
 from .models import GenerativeModel, get_model_class
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, make_generator, pick_device
 
@@ -99,10 +109,7 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
         raise RunFolderError(f"run folder {run_dir} does not exist")
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a genlab run folder (no {CONFIG_FILE})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunFolderError(f"{path}: not valid JSON ({e})") from None
+    raw = parse_json(read_json_text(path), str(path))
     if not isinstance(raw, dict):
         raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
     if raw.get("format_version") != FORMAT_VERSION:
@@ -112,6 +119,7 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
         )
     if not isinstance(raw.get("train"), dict) or not isinstance(raw.get("model"), dict):
         raise RunFolderError(f"{path}: missing the 'train' and 'model' sections")
+    check_run_info(raw, str(path))
     try:
         train_config = from_dict(TrainConfig, raw["train"], where=f"{path}: train")
         model_cls = get_model_class(train_config.model)
@@ -125,7 +133,9 @@ def read_config(run_dir: Path) -> tuple[TrainConfig, ModelConfig, dict]:
 
 
 def build_model(train_config: TrainConfig, model_config: ModelConfig) -> GenerativeModel:
-    return get_model_class(train_config.model)(model_config)
+    model_cls = get_model_class(train_config.model)
+    meta_state_shapes(model_cls, model_config)  # refuses an absurd size before allocating it
+    return model_cls(model_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,13 +154,11 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a safetensors file written by `save_tensors`; RunFolderError if unreadable."""
     if not path.is_file():
         raise RunFolderError(f"{path} not found")
-    data = path.read_bytes()
     try:
-        tensors = load_safetensors_bytes(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
+        header = safetensors_header(path)  # bounded, and consistent with the file's size, before reading it
+        tensors = load_safetensors_bytes(path.read_bytes())
         metadata = json.loads(header.get("__metadata__", {}).get("genlab", "{}"))
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, TypeError, OSError) as e:
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, TypeError, OSError, RecursionError) as e:
         raise RunFolderError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
     if not isinstance(metadata, dict):
         raise RunFolderError(f"{path}: metadata is not a JSON object")
@@ -201,15 +209,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_json_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise RunFolderError(f"{path}: line {i} is not valid JSON") from None
         if not isinstance(row, dict):
             raise RunFolderError(f"{path}: line {i} is not a JSON object")
+        check_fields(row, METRICS_ROW_FIELDS, f"{path}: line {i}", others="number")
         rows.append(row)
     return rows
 
@@ -256,10 +265,11 @@ class Run:
         return None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int = 0, labels=None, prior=None) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
-        `prior.MixturePrior` to draw the codes from instead of the model's N(0, I)."""
-        gen = make_generator(seed, self.device)
+        `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
+        draw from it instead (batches of one long sample continue one stream)."""
+        gen = generator if generator is not None else make_generator(seed, self.device)
         if prior is not None:
             return self.decode(prior.to(self.device).sample(n, generator=gen))
         return self.model.sample(n, generator=gen, labels=self._labels(labels)).cpu()
@@ -287,8 +297,11 @@ def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final
     """
     run_dir = Path(path)
     train_config, model_config, info = read_config(run_dir)
-    model = build_model(train_config, model_config)
     final = run_dir / WEIGHTS_FILE
+    source, prefix = (final, "") if weights == "final" and final.is_file() else (run_dir / CHECKPOINT_FILE, "model.")
+    if source.is_file():  # a config asking for another (or an enormous) network is refused before it is built
+        check_config_fits_weights(get_model_class(train_config.model), model_config, source, prefix, str(run_dir / CONFIG_FILE))
+    model = build_model(train_config, model_config)
     if weights == "final" and final.is_file():
         load_weights(run_dir, model)
     elif (run_dir / CHECKPOINT_FILE).is_file():

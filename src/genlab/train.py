@@ -38,6 +38,7 @@ from .config import ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
+from .lock import LOCK_FILE, RunFolderLock
 from .models import GenerativeModel, get_model_class
 from .runs import (
     CHECKPOINT_FILE,
@@ -135,28 +136,31 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring."""
-    t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log)
-    interrupted = _InterruptFlag()
-    try:
-        while t.state.epoch < t.cfg.epochs:
-            if not _train_epoch(t, interrupted, progress):
-                return t.run_dir  # killed in a test: nothing more is written
-            row, warnings = _end_epoch(t)
-            log(_epoch_line(t.model.name, row, t.cfg.epochs))
-            for warning in warnings:
-                log(f"warning: {warning}")
-            if interrupted.is_set and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
-                raise _interrupted(t.state, t.run_dir)
-    except TrainingDiverged as e:
-        raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
-    finally:
-        interrupted.restore()
-    save_weights(t.run_dir, t.model)
+    """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
+    The folder's lock (lock.py) is held throughout: a second writer of the same folder is
+    refused before it reads, deletes or writes anything."""
+    with RunFolderLock(run_dir) as lock:
+        t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log, lock)
+        interrupted = _InterruptFlag()
+        try:
+            while t.state.epoch < t.cfg.epochs:
+                if not _train_epoch(t, interrupted, progress):
+                    return t.run_dir  # killed in a test: nothing more is written
+                row, warnings = _end_epoch(t)
+                log(_epoch_line(t.model.name, row, t.cfg.epochs))
+                for warning in warnings:
+                    log(f"warning: {warning}")
+                if interrupted.is_set and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
+                    raise _interrupted(t.state, t.run_dir)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
+        finally:
+            interrupted.restore()
+        save_weights(t.run_dir, t.model)
     return t.run_dir
 
 
-def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log) -> Training:
+def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log, lock: RunFolderLock) -> Training:
     """Check the folder, configs, data and checkpoint, build the model and its optimizers, and
     only then create (or clear) the folder and write config.json: a refused run writes nothing."""
     resumable = _check_run_dir(run_dir, resume, overwrite)
@@ -195,7 +199,7 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
         _load_checkpoint(t)
         log(f"resuming {run_dir} at epoch {t.state.epoch + 1}, step {t.state.step}")
 
-    _prepare_run_dir(run_dir, resume, overwrite)
+    _prepare_run_dir(run_dir, resume, overwrite, lock)
     if resume:
         # The checkpoint's rows are the log: a row written after it (or lost before it) is
         # put right now, so metrics.jsonl never has gaps or duplicates.
@@ -345,7 +349,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     config: it simply starts)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"output path {run_dir} exists and is not a folder")
-    leftovers = (WRITE_PROBE, *(f".{name}." for name in RUN_FILES))  # a killed process's, never read
+    leftovers = (WRITE_PROBE, LOCK_FILE, *(f".{name}." for name in RUN_FILES))  # a killed process's, never read
     existing = run_dir.is_dir() and any(not p.name.startswith(leftovers) for p in run_dir.iterdir())
     if existing and not resume and not overwrite:
         raise RunFolderError(f"output folder {run_dir} already exists: use --resume to continue it or --overwrite to replace it")
@@ -356,12 +360,13 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     return resume
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunFolderLock) -> None:
     """Create (or, for --overwrite, clear) the folder. Called only once the configs, the data
     and the checkpoint have been checked, so a refused run never deletes an old one."""
     try:
         existing = run_dir.is_dir() and any(run_dir.iterdir())
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # a folder made just now (or by a writer started at the same time): before any change
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
             for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import check_seed
 from .errors import GenlabError
 
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
@@ -38,6 +40,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices) so a run can be repeated exactly on CPU."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -45,6 +48,7 @@ def seed_everything(seed: int) -> None:
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A private torch.Generator: sampling with it never disturbs the global RNG stream."""
+    check_seed(seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
@@ -59,8 +63,10 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a binary file that becomes `path` when the block ends, so that a crash leaves either
+    the old file or the new one.
 
     Temporary file in the same folder, fsync, then rename (atomic on POSIX), then fsync the
     folder so the rename itself survives power loss.
@@ -74,7 +80,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -89,6 +95,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise GenlabError(f"cannot write {path}: {e.strerror or e} ({kept})") from None
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
