@@ -153,6 +153,12 @@ class GenerativeModel(nn.Module):
         return f"latent_dim={self.config.latent_dim}"
 
 
+def check_digit(name: str, value: int) -> None:
+    """A config field naming one digit (the conditional models' `plot_digit`): 0 to 9."""
+    if not 0 <= value < NUM_CLASSES:
+        raise GenlabError(f"{name} must be 0 to {NUM_CLASSES - 1}, got {value}")
+
+
 def default_labels(n: int, device: torch.device) -> torch.Tensor:
     """Labels for a conditional model asked to sample without any: 0, 1, …, 9, 0, 1, … so the
     digits are equally frequent (what the metrics' class histogram expects)."""

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..data import NUM_CLASSES
-from ..errors import GenlabError
 from . import register
+from .base import check_digit
 from .blocks import FEATURE_SIDE, label_input
 from .dcgan import DCGAN, DCGANConfig
 
@@ -31,8 +31,7 @@ class CGANConfig(DCGANConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.plot_digit < NUM_CLASSES:
-            raise GenlabError(f"plot_digit must be 0 to {NUM_CLASSES - 1}, got {self.plot_digit}")
+        check_digit("plot_digit", self.plot_digit)
 
 
 @register("cgan")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..data import NUM_CLASSES
 from ..errors import GenlabError
 from . import register
-from .base import GenerativeModel, LossOutput
+from .base import GenerativeModel, LossOutput, check_digit
 from .blocks import encoder_decoder, label_input
 from .losses import LOGVAR_RANGE, elbo_terms, reparameterize
 from .vae import ELBOConfig, ReconLoss, vae_defaults
@@ -45,8 +45,7 @@ class CVAEConfig(ELBOConfig):
         super().validate()
         if not self.classifier_weight >= 0:
             raise GenlabError(f"classifier_weight must be 0 or more, got {self.classifier_weight}")
-        if not 0 <= self.plot_digit < NUM_CLASSES:
-            raise GenlabError(f"plot_digit must be 0 to {NUM_CLASSES - 1}, got {self.plot_digit}")
+        check_digit("plot_digit", self.plot_digit)
 
 
 @register("cvae")
