@@ -72,7 +72,7 @@ def _model_and_config(name: str):
     return model_name, cls.config_class(**overrides), batch
 
 
-def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int, compile_model: bool = False) -> dict:
+def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int, compile_model: bool = False, precision: str = "fp32") -> dict:
     import genlab
     from genlab.runs import build_model
     from genlab.train import resolve_configs
@@ -80,7 +80,8 @@ def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int, compile_mode
     model_name, model_config, batch = _model_and_config(name)
     data = genlab.load_dataset()
     train_config, model_config = resolve_configs(
-        genlab.TrainConfig(model=model_name, epochs=epochs, batch_size=batch, seed=seed, device="cpu", compile=compile_model), model_config
+        genlab.TrainConfig(model=model_name, epochs=epochs, batch_size=batch, seed=seed, device="cpu", compile=compile_model, precision=precision),
+        model_config,
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = genlab.fit(train_config, model_config, Path(tmp) / name, data=data, progress=False, log=lambda s: None)
@@ -90,13 +91,14 @@ def bench_genlab(name: str, epochs: int, evaluate: bool, seed: int, compile_mode
         x, y = data.tensors("train")
         flops = step_flops_per_image(model, x[: train_config.batch_size], y[: train_config.batch_size])
         result = {
-            "model": name + ("+compile" if compile_model else ""),
+            "model": name + ("+compile" if compile_model else "") + (f"+{precision}" if precision != "fp32" else ""),
             "params": sum(p.numel() for p in model.parameters()),
             "batch_size": train_config.batch_size,
             "epochs": epochs,
             "img_per_s": round(img_per_s, 1),
             "epoch_s": round(statistics.median(r["seconds"] for r in rows), 3),
             "train_flops_per_img": round(flops),
+            "final_test": rows[-1]["test"],
         }
         if evaluate:
             result.update(_evaluate(run_dir, data, seed))
@@ -213,7 +215,7 @@ def child(args) -> None:
     if args.child == "peer-vae":
         result = bench_peer_vae(args.epochs, args.seed)
     else:
-        result = bench_genlab(args.child, args.epochs, not args.no_metrics, args.seed, args.compile)
+        result = bench_genlab(args.child, args.epochs, not args.no_metrics, args.seed, args.compile, args.precision)
     result["matmul_peak_gflops"] = round(peak, 1)
     result["train_gflops"] = round(result["train_flops_per_img"] * result["img_per_s"] / 1e9, 2)
     result["frac_of_peak"] = round(result["train_gflops"] / peak, 3)
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--no-metrics", action="store_true", help="skip evaluation after training")
     parser.add_argument("--time-to-quality", action="store_true", help=f"also time until {TTQ}")
     parser.add_argument("--compile", action="store_true", help="train with torch.compile (TrainConfig.compile); the first epoch, which compiles, is not counted")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="genlab's TrainConfig.precision (peer-vae stays float32, as its example is)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,6 +256,7 @@ def main() -> None:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--seed", str(args.seed)]
         cmd += ["--no-metrics"] * args.no_metrics + ["--time-to-quality"] * args.time_to_quality + ["--compile"] * args.compile
+        cmd += ["--precision", args.precision]
         completed = subprocess.run(cmd, capture_output=True, text=True)
         if completed.returncode != 0:
             print(json.dumps({"model": name, "error": completed.stderr.strip().splitlines()[-1:]}), flush=True)

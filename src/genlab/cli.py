@@ -103,6 +103,7 @@ def cmd_train(args) -> None:
     from . import plots
     from .models import get_model_class
     from .runs import CONFIG_FILE, load_run, read_config
+    from .distributed import env_rank
     from .train import fit
 
     model_cls = get_model_class(args.model)
@@ -114,6 +115,8 @@ def cmd_train(args) -> None:
         if saved != args.model:
             raise GenlabError(f"{out} holds a '{saved}' run, not '{args.model}': continue it with genlab resume {out}")
     run_dir = fit(train_config, model_config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if env_rank() > 0:  # under torchrun rank 0 alone draws and prints
+        return
     if not args.no_figures:
         figures = plots.make_figures(load_run(run_dir, device=args.device or "auto"))
         print(f"figures: {', '.join(sorted(figures))} in {run_dir / 'figures'}")
@@ -122,11 +125,14 @@ def cmd_train(args) -> None:
 
 def cmd_resume(args) -> None:
     from . import plots
+    from .distributed import env_rank
     from .runs import load_run, read_config
     from .train import fit
 
     read_config(Path(args.run_dir))  # a run folder with a valid config, or one clear error
     run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet)
+    if env_rank() > 0:
+        return
     plots.make_figures(load_run(run_dir))
     print(f"done: {run_dir}")
 
@@ -237,6 +243,7 @@ def cmd_lab(args) -> None:
         seed=args.seed,
         data_dir=args.data,
         device=args.device,
+        precision=args.precision,
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -400,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for every model (default: 0)")
     p.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument(
+        "--precision", choices=("auto", *choices(typing.get_type_hints(TrainConfig)["precision"])), default="auto",
+        help="auto: bf16 where the CPU or GPU multiplies in bf16 natively (avx512_bf16/AMX, Ampere or later), else fp32 (default: auto)",
+    )
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -449,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except GenlabError as e:
-        print(f"genlab: error: {one_line(e)}", file=sys.stderr)
+        from .distributed import env_rank
+
+        if env_rank() == 0 or getattr(e, "speaks", False):  # under torchrun: rank 0, or the survivor naming a lost rank
+            print(f"genlab: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # disk full, permissions: say which file, keep what was written
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

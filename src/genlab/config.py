@@ -12,6 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from .errors import GenlabError
 
@@ -52,6 +53,10 @@ class ModelConfig:
             raise GenlabError(f"latent_dim must be at least 1, got {self.latent_dim}")
 
 
+# The dtype autocast runs the forward passes in; weights, optimizer state and loss sums stay float32.
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
 @dataclass
 class TrainConfig:
     """The training loop's knobs. None means: the model's own default (`GenerativeModel.defaults`),
@@ -69,6 +74,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # clip each optimizer's gradient norm to this (0: off)
     binarize: bool = False  # train on stochastically binarised pixels, score a fixed binarised test split (NLL papers' setting)
     compile: bool = False  # torch.compile the model's loss (measured: see benchmarks/README.md)
+    precision: Precision = "fp32"  # forward passes under autocast: bf16 (fast on CPUs with avx512_bf16/AMX and on recent GPUs) or fp16 (CUDA only, with a gradient scaler)
     eval_batch_size: int = 1000  # batch for test-set losses and figures (memory, not results)
     # 2,000 keep the curves' noise far below the epoch-to-epoch changes at a fraction of the
     # full split's cost (benchmarks/README.md, "The default lab").

@@ -7,16 +7,20 @@ Layout: `OUT/<model>/` is an ordinary run folder per model, `OUT/report.html` th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import RunFolderError
+from .distributed import env_rank
+from .errors import GenlabError, RunFolderError
 from .lock import LOCK_FILE, RunFolderLock
 from .models import get_model_class
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
+from .precision import resolve_precision
 from .train import fit
+from .utils import pick_device
 
 # The lab's default set: both families, and the class-conditional GAN whose samples cover every
 # digit; its time on 2 CPU cores is in benchmarks/README.md ("The default lab").
@@ -30,19 +34,24 @@ def run_lab(
     seed: int = 0,
     data_dir: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train, plot and evaluate `models` into `out_dir`; returns the report's path."""
+    """Train, plot and evaluate `models` into `out_dir`; returns the report's path. `precision`
+    "auto" is resolved once, for this machine, to the concrete value each run records."""
     from . import plots
     from .report import write_report
 
     out_dir = Path(out_dir)
+    if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
+    precision = resolve_precision(precision, pick_device(device))
     for name in models:  # fail on a typo or a bad option before anything is written
         get_model_class(name)
-        TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device).validate()
+        TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precision).validate()
     if not models:
         raise RunFolderError("no models given: e.g. --models ae,vae,gan")
     if out_dir.exists() and not out_dir.is_dir():
@@ -59,7 +68,7 @@ def run_lab(
 
         for name in models:
             run_dir = out_dir / name
-            train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device)
+            train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precision)
             if resume and _finished(run_dir, epochs):
                 log(f"{name}: finished run found in {run_dir}, reusing it")
             else:

@@ -21,6 +21,7 @@ the next batch boundary after saving one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -34,12 +35,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
+from . import distributed
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
 from .models import GenerativeModel, get_model_class
+from .precision import check_precision, forward_context, grad_scaler
 from .runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -101,7 +104,7 @@ class Training:
     cfg: TrainConfig
     model: GenerativeModel
     optimizers: dict[str, torch.optim.Optimizer]
-    loss_fn: Callable  # model.loss, or its torch.compile'd version
+    loss_fn: Callable  # model.loss, torch.compile'd if asked, in one DDP wrapper per phase across processes (_loss_fn)
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -114,6 +117,8 @@ class Training:
     metrics_rows: list[dict]
     recent: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, loss or grad norm) since the last sync
     steps_this_call: int = 0
+    ranks: distributed.Ranks = field(default_factory=distributed.Ranks)  # which process of how many (one without torchrun)
+    scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)  # fp16 only: one gradient scaler per phase
 
     @property
     def device(self) -> torch.device:
@@ -137,9 +142,12 @@ def fit(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
-    The folder's lock (lock.py) is held throughout: a second writer of the same folder is
-    refused before it reads, deletes or writes anything."""
-    with RunFolderLock(run_dir) as lock:
+    The folder's lock (lock.py) is held throughout, by rank 0 under torchrun (the one writer): a
+    second writer of the same folder is refused before it reads, deletes or writes anything."""
+    main = distributed.env_rank() == 0
+    if not main:  # under torchrun rank 0 alone logs and shows the bar
+        log, progress = _silent, False
+    with RunFolderLock(run_dir) if main else contextlib.nullcontext() as lock:
         t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log, lock)
         interrupted = _InterruptFlag()
         try:
@@ -147,16 +155,23 @@ def fit(
                 if not _train_epoch(t, interrupted, progress):
                     return t.run_dir  # killed in a test: nothing more is written
                 row, warnings = _end_epoch(t)
-                log(_epoch_line(t.model.name, row, t.cfg.epochs))
+                if row is not None:
+                    log(_epoch_line(t.model.name, row, t.cfg.epochs))
                 for warning in warnings:
                     log(f"warning: {warning}")
-                if interrupted.is_set and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
+                if _stop_requested(t, interrupted, at_sync=True) and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
                     raise _interrupted(t.state, t.run_dir)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
+        except Exception as e:
+            if t.ranks.distributed and distributed.is_collective_failure(e):
+                raise _rank_lost(t) from None
+            raise
         finally:
             interrupted.restore()
-        save_weights(t.run_dir, t.model)
+        if t.ranks.is_main:
+            save_weights(t.run_dir, t.model)
+    distributed.leave(t.ranks)
     return t.run_dir
 
 
@@ -176,7 +191,8 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
         saved_train.validate()
         train_config = saved_train
     cfg, model_config = resolve_configs(train_config, model_config)
-    device = pick_device(cfg.device)
+    ranks, device = distributed.join(pick_device(cfg.device))
+    check_precision(cfg.precision, device)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
         for note in data.notes:
@@ -184,33 +200,55 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     if resume:  # a resumed run must see the data it started with, or it would not be the same run
         require_training_data(run_dir, saved_info, data, "resume with the same data (--data DIR or GENLAB_DATA)")
     x_train, y_train, x_test, y_test = _training_tensors(data, cfg, device)
+    distributed.check_batches(len(x_train), cfg.batch_size, ranks)
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # every rank builds the same initial weights
     model = build_model(cfg, model_config).to(device)
     model.prepare_training(x_train)
     optimizers = _optimizers(model, cfg, device)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
     phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
     t = Training(
-        run_dir, cfg, model, optimizers, torch.compile(model.loss) if cfg.compile else model.loss,
+        run_dir, cfg, model, optimizers, _loss_fn(model, cfg, phase_params, ranks, device),
         x_train, y_train, x_test, y_test, phase_params, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
+        ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None},
     )
+    if ranks.rank > 0:  # each rank its own noise; rank 0 keeps the stream one process would draw
+        torch.manual_seed(distributed.rank_seed(cfg.seed, ranks.rank, 0))
     if resume and (run_dir / CHECKPOINT_FILE).is_file():
         _load_checkpoint(t)
         log(f"resuming {run_dir} at epoch {t.state.epoch + 1}, step {t.state.step}")
+    if ranks.is_main:
+        _write_run_start(t, resume, overwrite, model_config, saved_info, data, lock)
+    model.train()
+    return t
 
+
+def _loss_fn(model: GenerativeModel, cfg: TrainConfig, phase_params: dict[str, set[int]], ranks: distributed.Ranks, device: torch.device) -> Callable:
+    """model.loss with its wrappers, in the one place they go: torch.compile if asked, and
+    across processes one DDP wrapper per phase (genlab.distributed), built on every rank at once."""
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    if ranks.distributed:
+        loss_fn = distributed.phase_loss_fns(model, phase_params, loss_fn, ranks, device)
+    return loss_fn
+
+
+def _write_run_start(t: Training, resume: bool, overwrite: bool, model_config: ModelConfig, saved_info: dict, data: DataBundle, lock: RunFolderLock) -> None:
+    """Rank 0, once every check has passed on every rank: create (or clear) the folder and write
+    config.json, or, on resume, put metrics.jsonl right and record a new length or process count."""
+    run_dir, cfg, world_size = t.run_dir, t.cfg, t.ranks.world_size
     _prepare_run_dir(run_dir, resume, overwrite, lock)
     if resume:
         # The checkpoint's rows are the log: a row written after it (or lost before it) is
         # put right now, so metrics.jsonl never has gaps or duplicates.
         write_metrics(run_dir, t.metrics_rows)
     if not resume:
-        info = {"versions": versions(), "device": str(device), "data": data.summary(), "parameters": sum(p.numel() for p in model.parameters())}
+        parameters = sum(p.numel() for p in t.model.parameters())
+        info = {"versions": versions(), "device": str(t.device), "data": data.summary(), "parameters": parameters, "world_size": world_size}
         write_config(run_dir, cfg, model_config, info)
-    elif saved_info["train"].get("epochs") != cfg.epochs:  # extended: record the new length
-        write_config(run_dir, cfg, model_config, {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")})
-    model.train()
-    return t
+    elif saved_info["train"].get("epochs") != cfg.epochs or saved_info.get("world_size") != world_size:
+        kept = {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")}
+        write_config(run_dir, cfg, model_config, {**kept, "world_size": world_size})  # extended, or resumed at another N
 
 
 def _training_tensors(data: DataBundle, cfg: TrainConfig, device: torch.device):
@@ -239,28 +277,32 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
     order = _epoch_order(t)
     # One gather per epoch, so every batch below is a contiguous slice (no per-step copy).
     x_epoch, y_epoch = t.x_train[order], t.y_train[order]
-    n_batches = math.ceil(len(t.x_train) / cfg.batch_size)
+    n_train = len(t.x_train)
+    n_batches = math.ceil(n_train / cfg.batch_size)
     bar = tqdm(
         total=n_batches, initial=state.step_in_epoch, desc=f"{t.model.name} epoch {state.epoch + 1}/{cfg.epochs}",
         disable=not progress, leave=False, dynamic_ncols=True,
     )
     t0 = time.perf_counter()
     for batch_index in range(state.step_in_epoch, n_batches):
-        batch = slice(batch_index * cfg.batch_size, (batch_index + 1) * cfg.batch_size)
-        _train_step(t, x_epoch[batch], y_epoch[batch])
+        start, stop = batch_index * cfg.batch_size, min((batch_index + 1) * cfg.batch_size, n_train)
+        rows = distributed.shard(start, stop, t.ranks)  # this process's share of the global batch (all of it in one)
+        _train_step(t, x_epoch[rows], y_epoch[rows], stop - start)
         bar.update(1)
         last = batch_index == n_batches - 1
-        if state.step % SYNC_EVERY == 0 or last:
+        at_sync = state.step % SYNC_EVERY == 0 or last
+        if at_sync:
             _check_finite(t)
             if progress:
                 n = float(t.running["_n"])
                 bar.set_postfix({k: f"{float(v) / n:.4g}" for k, v in t.running.items() if k != "_n"})
-        if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last) or interrupted.is_set:
+        stop_now = _stop_requested(t, interrupted, at_sync)
+        if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last) or stop_now:
             _check_finite(t)
             state.epoch_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             _save_checkpoint(t)
-            if interrupted.is_set:
+            if stop_now:
                 bar.close()
                 raise _interrupted(state, t.run_dir)
         if _kill_after_steps is not None and t.steps_this_call >= _kill_after_steps:
@@ -273,24 +315,23 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
     return True
 
 
-def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor) -> None:
-    """One batch: every phase in order, each stepping its own optimizer; logs summed in `running`."""
+def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) -> None:
+    """One batch (this process's `xb` of the `n_global` images): every phase in order, each
+    stepping its own optimizer; logs summed in `running`."""
     if t.cfg.binarize:  # a fresh draw per step (dynamic binarisation): the global RNG, checkpointed
         xb = binarize(xb)
     model, step = t.model, t.state.step + 1
+    # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch
+    # makes that the global batch's mean however unevenly it splits (1.0 in one process).
+    weight = len(xb) * t.ranks.world_size / n_global
     cache: dict = {}
     for phase in model.phases:
         if len(model.phases) > 1:  # no gradients for the other players' weights
             for p in model.parameters():
                 p.requires_grad_(id(p) in t.phase_params[phase])
-        out = t.loss_fn(xb, yb, phase, cache)
-        optimizer = t.optimizers[phase]
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if t.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), t.cfg.grad_clip)
-            t.recent.append((step, grad_norm.detach()))
-        optimizer.step()
+        with forward_context(t.cfg.precision, t.device):  # autocast for bf16/fp16; backward and step outside it
+            out = t.loss_fn(xb, yb, phase, cache)
+        _backward_step(t, phase, out.loss if weight == 1 else out.loss * weight, step)
         t.recent.append((step, out.loss.detach()))
         for key, value in out.logs.items():
             t.running[key] = t.running.get(key, 0) + value.detach() * len(xb)
@@ -300,12 +341,49 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor) -> None:
     t.steps_this_call += 1
 
 
-def _end_epoch(t: Training) -> tuple[dict, list[str]]:
-    """Test losses, health checks and the metrics row of the epoch just trained; then the
-    checkpoint and the metrics log. Returns the row and its warnings."""
+def _backward_step(t: Training, phase: str, loss: torch.Tensor, step: int) -> None:
+    """Backward pass and the phase's optimizer step; under fp16 through its gradient scaler."""
+    optimizer, scaler = t.optimizers[phase], t.scalers.get(phase)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if t.cfg.grad_clip > 0:
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(t.model.phase_parameters(phase), t.cfg.grad_clip)
+        if scaler is None:  # an fp16 overflow is the scaler's to skip, not a divergence
+            t.recent.append((step, grad_norm.detach()))
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def _end_epoch(t: Training) -> tuple[dict | None, list[str]]:
+    """Test losses, health checks and the metrics row of the epoch just trained (rank 0: they
+    are computed once); then the checkpoint and the metrics log. Returns the row (None on the
+    other ranks) and its warnings."""
     state = t.state
-    n_seen = float(t.running.pop("_n"))
-    train_logs = {k: float(v) / n_seen for k, v in t.running.items()}
+    running = distributed.sum_over_ranks(t.ranks, t.running)  # the whole global batch's sums
+    n_seen = float(running.pop("_n"))
+    train_logs = {k: float(v) / n_seen for k, v in running.items()}
+    row, warnings = _epoch_row(t, train_logs, n_seen) if t.ranks.is_main else (None, [])
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.epoch_seconds = 0.0
+    t.running = {}
+    t.epoch_start_shuffle = t.shuffle_gen.get_state()  # after this epoch's permutation: the next one's start
+    # Checkpoint first, then the metrics log: a crash between the two leaves a log one row
+    # short, which the resume rewrites from the checkpoint's count.
+    _save_checkpoint(t)
+    if t.ranks.is_main:
+        write_metrics(t.run_dir, t.metrics_rows)
+    return row, warnings
+
+
+def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tuple[dict, list[str]]:
+    """The metrics row of the epoch just trained, appended to `t.metrics_rows`, and its warnings."""
+    state = t.state
     t_eval = time.perf_counter()
     test_logs = evaluate_split(t.model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
     health, warnings = epoch_health(t.model, train_logs, t.metrics_rows, t.cfg.seed)
@@ -322,15 +400,6 @@ def _end_epoch(t: Training) -> tuple[dict, list[str]]:
     if warnings:
         row["warnings"] = warnings  # shown by report.html
     t.metrics_rows.append(row)
-    state.epoch += 1
-    state.step_in_epoch = 0
-    state.epoch_seconds = 0.0
-    t.running = {}
-    t.epoch_start_shuffle = t.shuffle_gen.get_state()  # after this epoch's permutation: the next one's start
-    # Checkpoint first, then the metrics log: a crash between the two leaves a log one row
-    # short, which the resume rewrites from the checkpoint's count.
-    _save_checkpoint(t)
-    write_metrics(t.run_dir, t.metrics_rows)
     return row, warnings
 
 
@@ -384,6 +453,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunFold
 
 
 def _save_checkpoint(t: Training) -> None:
+    """Every rank takes part (the RNG states and running sums are gathered); rank 0 writes."""
     model, state = t.model, t.state
     # A finite loss does not prove finite weights (the step after it may overflow): check the
     # weights themselves, once per checkpoint, so the checkpoint on disk is always a good one.
@@ -397,20 +467,35 @@ def _save_checkpoint(t: Training) -> None:
             for key, value in pstate.items():
                 tensors[f"optim.{phase}.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         optim_meta[phase] = sd["param_groups"]
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(_rng_states(t))
     tensors["rng.shuffle"] = t.epoch_start_shuffle
-    if t.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(t.device)
-    for key, value in t.running.items():
+    for key, value in distributed.sum_over_ranks(t.ranks, t.running).items():
         tensors[f"running.{key}"] = value
     meta = {
         "model": model.name,
         "loop": state.__dict__,
         "optimizers": optim_meta,
+        "scalers": {phase: scaler.state_dict() for phase, scaler in t.scalers.items()},
         "n_metrics_rows": len(t.metrics_rows),
         "metrics": t.metrics_rows,  # the log as of this checkpoint: metrics.jsonl is rebuilt from it on resume
     }
-    save_tensors(t.run_dir / CHECKPOINT_FILE, tensors, meta)
+    if t.ranks.is_main:
+        save_tensors(t.run_dir / CHECKPOINT_FILE, tensors, meta)
+
+
+def _rng_states(t: Training) -> dict[str, torch.Tensor]:
+    """The global RNG states to checkpoint: "rng.torch" (and "rng.cuda") are rank 0's, the
+    stream of a single process; across processes every other rank's as "rng.torch.rank1" etc.,
+    so a resume with as many processes continues each rank's noise."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if t.device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(t.device)
+    if t.ranks.distributed:
+        for key, value in list(states.items()):
+            for rank, state in enumerate(distributed.gather(t.ranks, value, t.device)):
+                if rank > 0:
+                    states[f"{key}.rank{rank}"] = state.to(torch.uint8)
+    return states
 
 
 def _load_checkpoint(t: Training) -> None:
@@ -435,9 +520,9 @@ def _load_checkpoint(t: Training) -> None:
                     pid, name = key[len(prefix) :].split(".", 1)
                     per_param.setdefault(int(pid), {})[name] = value
             opt.load_state_dict({"state": per_param, "param_groups": groups})
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and t.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], t.device)
+        _restore_rng(t, tensors, state)
+        for phase, scaler in t.scalers.items():
+            scaler.load_state_dict(meta["scalers"][phase])
         shuffle_state = tensors["rng.shuffle"]
         metrics_rows = meta["metrics"]
         if not isinstance(metrics_rows, list) or len(metrics_rows) != state.epoch:
@@ -447,7 +532,21 @@ def _load_checkpoint(t: Training) -> None:
     if state.epoch > t.cfg.epochs:
         raise GenlabError(f"{t.run_dir} has already trained {state.epoch} epochs: ask for --epochs {state.epoch} or more")
     t.state, t.epoch_start_shuffle, t.metrics_rows = state, shuffle_state, metrics_rows
-    t.running = {k[len("running.") :]: v.to(t.device) for k, v in tensors.items() if k.startswith("running.")}
+    # The saved sums are the whole batch's: rank 0 carries them on, the others start from zero.
+    running = {k[len("running.") :]: v.to(t.device) for k, v in tensors.items() if k.startswith("running.")}
+    t.running = running if t.ranks.is_main else {k: torch.zeros_like(v) for k, v in running.items()}
+
+
+def _restore_rng(t: Training, tensors: dict[str, torch.Tensor], state: LoopState) -> None:
+    """This rank's RNG states from the checkpoint; a rank it has none for (resumed with more
+    processes) is seeded from the seed, its rank and the step."""
+    suffix = f".rank{t.ranks.rank}" if t.ranks.rank > 0 else ""
+    if t.ranks.rank > 0 and f"rng.torch{suffix}" not in tensors:
+        torch.manual_seed(distributed.rank_seed(t.cfg.seed, t.ranks.rank, state.step))
+        return
+    torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+    if f"rng.cuda{suffix}" in tensors and t.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], t.device)
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -512,15 +611,40 @@ class _InterruptFlag:
 
 def _check_finite(t: Training) -> None:
     """One host sync: raise TrainingDiverged, naming the step, if any (step, loss or gradient
-    norm) logged since the last check is NaN/inf."""
-    if not t.recent:
-        return
-    finite = torch.isfinite(torch.stack([v.float().reshape(()) for _, v in t.recent]))
-    if bool(finite.all()):
+    norm) logged since the last check is NaN/inf, on any rank (every rank stops together)."""
+    bad_step = None
+    if t.recent:
+        finite = torch.isfinite(torch.stack([v.float().reshape(()) for _, v in t.recent]))
+        if not bool(finite.all()):
+            bad_step = t.recent[int((~finite).nonzero()[0])][0]
         t.recent.clear()
-        return
-    bad_step = t.recent[int((~finite).nonzero()[0])][0]
-    raise TrainingDiverged(_diverged_message("loss or gradient", bad_step, t.state.epoch, t.cfg.lr))
+    bad_step = distributed.first_over_ranks(t.ranks, bad_step, t.device)
+    if bad_step is not None:
+        raise TrainingDiverged(_diverged_message("loss or gradient", bad_step, t.state.epoch, t.cfg.lr))
+
+
+def _stop_requested(t: Training, interrupted: _InterruptFlag, at_sync: bool) -> bool:
+    """Whether to checkpoint and stop now for Ctrl-C/SIGTERM. One process: at any batch. Several:
+    at the sync steps, where all agree (a signal reaches the ranks at different batches)."""
+    if not t.ranks.distributed:
+        return interrupted.is_set
+    return at_sync and distributed.any_rank(t.ranks, interrupted.is_set, t.device)
+
+
+def _rank_lost(t: Training) -> distributed.RankLost:
+    """The one-line error of a job that lost a process: who, where, and how to go on."""
+    found = distributed.lost_ranks(t.ranks)
+    lost, speaks = found if found is not None else ([], True)
+    who = f"rank {', '.join(map(str, lost))} of {t.ranks.world_size}" if lost else f"a process of the {t.ranks.world_size}"
+    return distributed.RankLost(
+        f"{who} was lost (its process ended or its machine stopped answering) in epoch {t.state.epoch + 1}; "
+        f"{_checkpoint_note(t.run_dir)}: resume with: genlab resume {t.run_dir} (or under torchrun, with any number of processes)",
+        speaks,
+    )
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _diverged_message(what: str, step: int, epochs_done: int, lr: float) -> str:

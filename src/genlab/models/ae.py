@@ -69,6 +69,6 @@ class AE(GenerativeModel):
         if self.training and self.config.input_noise > 0:  # denoising: corrupt the input, score against the clean x
             x_in = x + self.config.input_noise * torch.randn_like(x)
         x_hat = self.decode(self.encode(x_in))
-        mse = F.mse_loss(x_hat, x)  # mean over pixels and images: MSE per pixel
+        mse = F.mse_loss(x_hat.float(), x)  # mean over pixels and images: MSE per pixel (float32 under autocast)
         logs = {"loss": mse, "mse": mse}
         return LossOutput(loss=self.neighbors.add_to(mse, logs, self.encode, self.training), logs=logs)

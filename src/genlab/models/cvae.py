@@ -104,7 +104,7 @@ class CVAE(GenerativeModel):
         mu, logvar, digit_logits = self._encoder_heads(x)
         logits = self.decode_logits(reparameterize(mu, logvar), labels=y)
         loss, logs = elbo_terms(mu, logvar, logits, x, self.config.recon_loss, self.config.beta, self.training)
-        class_ce = F.cross_entropy(digit_logits, y)
+        class_ce = F.cross_entropy(digit_logits.float(), y)
         loss = loss + self.config.classifier_weight * class_ce
         logs.update(loss=loss, class_ce=class_ce)
         if not self.training:

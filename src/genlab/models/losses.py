@@ -1,5 +1,9 @@
 """The loss pieces several models share, written once: the VAE's reparameterisation, Gaussian KL
-and reconstruction terms (VAE, CVAE), and the GAN game's two losses (GAN, DCGAN, CGAN, AAE)."""
+and reconstruction terms (VAE, CVAE), and the GAN game's two losses (GAN, DCGAN, CGAN, AAE).
+
+Every helper reduces in float32: under bf16/fp16 autocast (genlab.precision) the networks' outputs
+arrive in low precision, and a sum over 784 pixels in bf16 (8 significant bits) would round the
+loss itself. `.float()` is a no-op on float32 tensors, so fp32 runs compute exactly as before."""
 
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) || N(0, 1)) per latent dimension, (B, D): Kingma & Welling, appendix B."""
+    mu, logvar = mu.float(), logvar.float()
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-image reconstruction loss (B,), summed over pixels, from decoder logits: "bce" the
     Bernoulli likelihood (grey pixels as soft targets), "mse" squared error of the means."""
+    logits = logits.float()
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     return (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1)
@@ -41,6 +47,7 @@ def elbo_terms(
     """The negative ELBO per image, recon + β·KL (nats, batch mean), and its logs. Outside
     training also the pixel MSE and the number of active latent dimensions (KL > ACTIVE_KL): a
     posterior collapse at a glance, skipped in training to keep the step cheap."""
+    logits = logits.float()
     recon = reconstruction_loss(logits, x, recon_kind).mean()
     kl_per_dim = gaussian_kl(mu, logvar).mean(0)  # (D,): shows which dimensions are used
     kl = kl_per_dim.sum()
@@ -70,6 +77,7 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, lab
     """D's loss, BCE(real -> 1 − smoothing) + BCE(fake -> 0) (one-sided label smoothing,
     Salimans et al. 2016, https://arxiv.org/abs/1606.03498), with the mean D(x) and D(G(z)):
     the logs {"d_loss", "d_real", "d_fake"}."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
     real_target = torch.full_like(real_logits, 1.0 - label_smoothing)
     d_loss = F.binary_cross_entropy_with_logits(real_logits, real_target) + F.binary_cross_entropy_with_logits(
         fake_logits, torch.zeros_like(fake_logits)
@@ -80,4 +88,5 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, lab
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """The non-saturating generator loss −log D(G(z)) (Goodfellow et al. 2014, section 3):
     strong gradients early on, when D rejects every fake with confidence."""
+    fake_logits = fake_logits.float()
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))

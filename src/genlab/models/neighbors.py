@@ -58,7 +58,7 @@ def neighbor_graph(x: torch.Tensor, k: int = NEIGHBORS) -> torch.Tensor:
 def contrastive_neighbor_loss(codes: torch.Tensor, neighbor_codes: torch.Tensor, scale: float = CODE_SCALE) -> torch.Tensor:
     """Mean cross-entropy of picking row i's own neighbour (column i) among all the neighbour
     codes, with logits log(Cauchy similarity). (P, D), (P, D) -> scalar."""
-    squared_distances = torch.cdist(codes * scale, neighbor_codes * scale).pow(2)
+    squared_distances = torch.cdist(codes.float() * scale, neighbor_codes.float() * scale).pow(2)  # float32 under autocast
     targets = torch.arange(len(codes), device=codes.device)
     return F.cross_entropy(-torch.log1p(squared_distances), targets)
 

@@ -96,7 +96,7 @@ class WGANGP(ConvGAN):
         z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         with torch.no_grad():
             fake = self.decode(z)
-        wasserstein = self.critic(x).mean() - self.critic(fake).mean()
+        wasserstein = self.critic(x).float().mean() - self.critic(fake).float().mean()
         eps = torch.rand(x.shape[0], device=x.device)  # one interpolation coefficient per example
         gp = gradient_penalty(self.critic, x, fake, eps)
         return -wasserstein + self.config.gp_weight * gp, wasserstein, gp
@@ -108,7 +108,7 @@ class WGANGP(ConvGAN):
             logs = {"critic_loss": loss.detach() * share, "wasserstein": wasserstein.detach() * share, "gp": gp.detach() * share}
             return LossOutput(loss=loss, logs=logs)
         z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        g_loss = -self.critic(self.decode(z)).mean()
+        g_loss = -self.critic(self.decode(z)).float().mean()
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})
 
     def eval_losses(self, x, y) -> dict[str, torch.Tensor]:
