@@ -26,14 +26,6 @@ STEP_RTOL, STEP_ATOL = 1e-2, 5e-3
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(n: int = 64, device=CPU):
     images, labels = synthetic_digits(n)
     return torch.tensor(images, device=device).float().div(255).unsqueeze(1), torch.tensor(labels, device=device).long()

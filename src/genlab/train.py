@@ -10,6 +10,13 @@ Speed: the whole split lives on the device as one float tensor and batches are i
 logged values are summed as tensors and read back (one host sync) only every `SYNC_EVERY` steps,
 when the progress bar and the non-finite guard look at them.
 
+Precision: `_train_step` runs each phase's forward under `cfg.precision`'s autocast
+(genlab.precision); the weights and their gradients, the optimizer step and evaluation stay float32.
+
+Several processes (torchrun): `_prepare` joins the process group and `_loss_fn` wraps each
+phase's loss in DDP; every batch of the shared order is sharded (`distributed.shard`), and
+`t.ranks.is_main` is the one predicate for writing, logging and evaluating (genlab.distributed).
+
 Resume: a checkpoint holds the weights, each optimizer's state, the global and the shuffling RNG
 states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt), how
 far into the epoch the loop got and the metrics rows so far (metrics.jsonl is rebuilt from them,
