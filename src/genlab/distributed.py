@@ -146,7 +146,8 @@ def sum_over_ranks(ranks: Ranks, values: dict[str, torch.Tensor]) -> dict[str, t
     keys = sorted(values)
     stacked = torch.stack([torch.as_tensor(values[k]).detach().double().reshape(()) for k in keys])
     dist.all_reduce(stacked)
-    return {k: stacked[i].to(torch.as_tensor(values[k]).dtype) for i, k in enumerate(keys)}
+    summed = {k: stacked[i].to(torch.as_tensor(values[k]).dtype) for i, k in enumerate(keys)}  # sorted: the same on every rank
+    return {k: summed[k] for k in values}  # in the caller's order (the log's column order)
 
 
 def gather(ranks: Ranks, tensor: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
