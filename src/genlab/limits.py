@@ -81,7 +81,7 @@ def _is_kind(value, kind: str) -> bool:
 
 
 # What the fields genlab reads back from its own JSON files must be, where present.
-RUN_INFO_FIELDS = {"parameters": "number", "device": "string", "versions": "object", "data": "object"}
+RUN_INFO_FIELDS = {"parameters": "number", "device": "string", "versions": "object", "data": "object", "world_size": "number"}
 DATA_INFO_FIELDS = {"name": "string", "source": "string", "sha256": "string", "notes": "strings", "n_train": "number", "n_test": "number"}
 METRICS_ROW_FIELDS = {"train": "numbers", "test": "numbers", "health": "numbers", "warnings": "strings"}  # the rest: numbers
 EVAL_FIELDS = {"metrics": "numbers", "notes": "strings", "warnings": "strings", "n_samples": "number", "iw_samples": "number", "n_test": "number"}
