@@ -112,7 +112,7 @@ def test_the_probe_measures_a_ratio():
     assert 0 < precision_module.bf16_speedup("cpu", repeats=1) < 100
 
 
-def test_the_lab_resolves_auto_once_to_what_each_run_records(tmp_path, monkeypatch):
+def test_the_lab_resolves_auto_once_per_model_to_what_each_run_records(tmp_path, monkeypatch):
     seen = []
 
     def fake_fit(train_config, *args, **kwargs):
@@ -125,6 +125,9 @@ def test_the_lab_resolves_auto_once_to_what_each_run_records(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         lab_module.run_lab(tmp_path / "lab", models=("ae",), log=lambda _: None)
     assert seen == ["bf16"]
+    # the GANs keep fp32 under auto (bf16 moved their FID), and take what they are told
+    assert lab_module.lab_precision("gan", "auto", CPU) == "fp32" and lab_module.lab_precision("cgan", "bf16", CPU) == "bf16"
+    assert lab_module.lab_precision("vae", "auto", CPU) == "bf16"
 
 
 # --------------------------------------------------------------------------------------------

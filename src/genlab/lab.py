@@ -41,17 +41,17 @@ def run_lab(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train, plot and evaluate `models` into `out_dir`; returns the report's path. `precision`
-    "auto" is resolved once, for this machine, to the concrete value each run records."""
+    "auto" is resolved once, for this machine and each model (`lab_precision`), to the concrete
+    value each run records."""
     from . import plots
     from .report import write_report
 
     out_dir = Path(out_dir)
     if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
-    precision = resolve_precision(precision, pick_device(device))
-    for name in models:  # fail on a typo or a bad option before anything is written
-        get_model_class(name)
-        TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precision).validate()
+    precisions = {name: lab_precision(name, precision, pick_device(device)) for name in models}  # fails on a typo
+    for name in models:  # fail on a bad option before anything is written
+        TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precisions[name]).validate()
     if not models:
         raise RunFolderError("no models given: e.g. --models ae,vae,gan")
     if out_dir.exists() and not out_dir.is_dir():
@@ -68,7 +68,7 @@ def run_lab(
 
         for name in models:
             run_dir = out_dir / name
-            train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precision)
+            train_config = TrainConfig(model=name, epochs=epochs, seed=seed, data_dir=data_dir, device=device, precision=precisions[name])
             if resume and _finished(run_dir, epochs):
                 log(f"{name}: finished run found in {run_dir}, reusing it")
             else:
@@ -79,6 +79,15 @@ def run_lab(
             plots.make_figures(run, data, seed=seed)
             _evaluate(run, data, seed, log)
         return write_report(out_dir, models=list(models))
+
+
+def lab_precision(name: str, precision: str, device) -> str:
+    """The precision a lab model trains in. "auto": bf16 where it pays on this device
+    (genlab.precision), and only for the reconstruction family; bf16 moved the GANs' FID beyond
+    the seeds' spread in the lab (benchmarks/README.md, "bf16 mixed precision"), so they keep fp32."""
+    if precision == "auto" and get_model_class(name).family != "reconstruction":
+        return "fp32"
+    return resolve_precision(precision, device)
 
 
 def _finished(run_dir: Path, epochs: int | None) -> bool:
