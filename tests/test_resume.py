@@ -420,7 +420,7 @@ def _small_lab_evaluation(monkeypatch) -> None:
 def test_lab_killed_mid_way_resumes_and_finishes_the_report(tmp_path, monkeypatch, capsys):
     data = write_idx_folder(tmp_path / "idx", n_train=300, n_test=50)  # 3 batches of 128
     lab = tmp_path / "lab"
-    args = ["lab", "--out", str(lab), "--models", "ae,vae", "--epochs", "1", "--data", str(data), "--device", "cpu", "--quiet"]
+    args = ["lab", "--out", str(lab), "--models", "ae,vae", "--epochs", "1", "--data", str(data), "--device", "cpu", "--quiet", "--workers", "1"]  # in-process: the kill is patched in
     real_fit = train_module.fit
 
     def killed_in_the_vae(train_config, model_config, run_dir, **kwargs):

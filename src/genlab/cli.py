@@ -247,6 +247,7 @@ def cmd_lab(args) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        workers=args.workers,
     )
     print(f"report: {report}")
 
@@ -285,9 +286,8 @@ def cmd_eval(args) -> None:
 def cmd_fit_prior(args) -> None:
     from .data import fixed_binarization, load_dataset
     from .lock import RunFolderLock
-    from .prior import fit_mixture_prior, posterior_codes, save_prior
+    from .prior import fit_run_prior
     from .runs import require_training_data
-    from .utils import weights_sha256
 
     with RunFolderLock(args.run_dir):  # not while the run trains: the prior would fit weights about to change
         run = _open_run(args)
@@ -298,11 +298,8 @@ def cmd_fit_prior(args) -> None:
         x_train, _ = data.tensors("train", run.device)
         if run.train_config.binarize:  # the codes of what the run learned from
             x_train = fixed_binarization(x_train)
-        codes = posterior_codes(run.model.eval(), x_train, seed=args.seed)
-        prior = fit_mixture_prior(codes, args.components, args.seed)
-        fitted = {"components": args.components, "seed": args.seed, "codes": len(codes), "data_sha256": data.sha256}
-        path = save_prior(run.path, prior, {**fitted, "weights_sha256": weights_sha256(run.model)})
-    print(f"fitted a {args.components}-component Gaussian mixture to {len(codes)} codes of the {len(x_train)} training digits: {path}")
+        _, path, n_codes = fit_run_prior(run, x_train, args.components, args.seed, data_sha256=data.sha256)
+    print(f"fitted a {args.components}-component Gaussian mixture to {n_codes} codes of the {len(x_train)} training digits: {path}")
     print(f"use it: genlab sample {run.path} --prior gmm -o samples.png; genlab eval {run.path} --prior gmm")
 
 
@@ -398,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_plot)
 
-    from .lab import DEFAULT_MODELS
+    from .lab import DEFAULT_MODELS, WORKERS as LAB_WORKERS
 
     p = commands.add_parser("lab", help="the whole lab: train the models, write figures and report.html")
     p.add_argument("--out", default="lab", metavar="DIR", help="lab folder: DIR/<model>/ runs and DIR/report.html (default: lab)")
@@ -414,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--workers", type=int, default=LAB_WORKERS,
+        help=f"runs trained side by side, one thread each (1: one after another, with progress bars; default: {LAB_WORKERS})",
+    )
     p.set_defaults(func=cmd_lab)
 
     p = commands.add_parser("explore", help="a live page in the browser: move through a run's latent space and see the digits")

@@ -150,14 +150,15 @@ def plot_manifold(run: Run, x: torch.Tensor, path: Path, n: int = 15) -> Path:
     return _image_figure(tile(images, n, n, pad=0), f"{run.name}: decoded latent manifold ({n}×{n} grid)", path)
 
 
-def plot_samples(run: Run, path: Path, seed: int = 0, n_rows: int = 8, n_cols: int = 8, class_names=None) -> Path:
+def plot_samples(run: Run, path: Path, seed: int = 0, n_rows: int = 8, n_cols: int = 8, class_names=None, prior=None) -> Path:
     if run.model.conditional:  # one row per class
         labels = torch.arange(10).repeat_interleave(n_cols)
         images = run.sample(len(labels), seed=seed, labels=labels)
         names = list(class_names) if class_names else [str(d) for d in range(10)]
         return _image_figure(tile(images.numpy(), 10, n_cols), f"{run.name}: samples, one row per class", path, names)
-    images = run.sample(n_rows * n_cols, seed=seed)
-    return _image_figure(tile(images.numpy(), n_rows, n_cols), f"{run.name}: random samples (seed {seed})", path)
+    images = run.sample(n_rows * n_cols, seed=seed, prior=prior)
+    source = "" if prior is None else ", fitted prior"
+    return _image_figure(tile(images.numpy(), n_rows, n_cols), f"{run.name}: random samples (seed {seed}{source})", path)
 
 
 def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, seed: int = 0, steps: int = 10, rows: int = 4) -> Path:
@@ -217,8 +218,9 @@ def plot_losses(run: Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_points: int = 5000) -> dict[str, Path]:
-    """Write every figure that applies to `run` into `run.path/figures/`; returns name -> path."""
+def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_points: int = 5000, prior=None) -> dict[str, Path]:
+    """Write every figure that applies to `run` into `run.path/figures/`; returns name -> path.
+    `prior`: a fitted `prior.MixturePrior` the samples are drawn from instead of N(0, I)."""
     if data is None:
         data = load_dataset(run.train_config.dataset, run.train_config.data_dir)
     x, y = data.tensors("test")
@@ -234,7 +236,7 @@ def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_poin
         figures["latent_space"] = plot_latent_space(run, x, y, out / "latent_space.png", data.class_names)
         figures["manifold"] = plot_manifold(run, x, out / "manifold.png")
     if model.can_sample:
-        figures["samples"] = plot_samples(run, out / "samples.png", seed=seed, class_names=data.class_names)
+        figures["samples"] = plot_samples(run, out / "samples.png", seed=seed, class_names=data.class_names, prior=prior)
     if model.can_encode or model.can_sample:
         figures["interpolation"] = plot_interpolation(run, x, y, out / "interpolation.png", seed=seed)
     if run.metrics:

@@ -121,3 +121,16 @@ def load_prior(run_dir: Path, latent_dim: int, weights_sha256: str | None = None
     if not finite or weights.min() < 0 or abs(float(weights.sum()) - 1) > 1e-3 or diagonal.min() <= 0:
         raise RunFolderError(f"{path}: not a valid mixture (weights, means or scales broken; refit it with genlab fit-prior)")
     return MixturePrior(weights / weights.sum(), means, scale_tril.tril())
+
+
+def fit_run_prior(
+    run, x_train: torch.Tensor, components: int = DEFAULT_COMPONENTS, seed: int = 0, data_sha256: str | None = None
+) -> tuple[MixturePrior, Path, int]:
+    """Fit the mixture to the run's codes of its training images x_train and save it beside the
+    weights (`genlab fit-prior`, and the lab's conv VAE): (prior, its path, number of codes)."""
+    from .utils import weights_sha256
+
+    codes = posterior_codes(run.model.eval(), x_train, seed=seed)
+    prior = fit_mixture_prior(codes, components, seed)
+    info = {"components": components, "seed": seed, "codes": len(codes), "data_sha256": data_sha256, "weights_sha256": weights_sha256(run.model)}
+    return prior, save_prior(run.path, prior, info), len(codes)

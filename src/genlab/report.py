@@ -12,6 +12,7 @@ from pathlib import Path
 from .evaluate import read_eval
 from .explore.offline import explorer_block
 from .metrics import RANKED
+from .lab import LAB_ENTRIES
 from .models import get_model_class
 from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
 from .utils import atomic_write_text
@@ -230,6 +231,10 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         parts.append("</div>")
     for r in runs:
         parts.append(f"<h2 id='{html.escape(r['name'])}'>{html.escape(r['name'])} ({r['family']})</h2>")
+        if r["name"] in LAB_ENTRIES and LAB_ENTRIES[r["name"]].why:
+            parts.append(f"<p>{html.escape(LAB_ENTRIES[r['name']].why)}</p>")
+        if r["eval"].get("prior", "standard normal") != "standard normal":
+            parts.append(f"<p class='note'>Samples and scores drawn from the prior: {html.escape(r['eval']['prior'])}.</p>")
         parts.append(f"<p class='note'>{html.escape(json.dumps({'train': r['info'].get('train'), 'model': r['info'].get('model')}))}</p>")
         parts.append(_warnings(r))
         parts.append("<div class='row'>")

@@ -59,12 +59,15 @@ class ConvGAN(GenerativeModel):
     def __init__(self, config, *, d_norm: str | None, d_dropout: float, max_shift: int, head_bias: bool = True):
         super().__init__(config)
         channels = tuple(self.config.channels)
-        n_labels = NUM_CLASSES if self.conditional else 0  # CGAN: a one-hot digit is appended to z
-        # (B, z) -> logits (B, 1, 28, 28)
-        self.generator = conv_decoder(self.config.latent_dim + n_labels, tuple(self.config.g_channels), batch_norm=True)
+        # (B, z + one-hot inputs) -> logits (B, 1, 28, 28)
+        self.generator = conv_decoder(self.config.latent_dim + self.one_hot_inputs(), tuple(self.config.g_channels), batch_norm=True)
         self.max_shift = max_shift  # pixels (DiffAugment)
         self.features = conv_features(channels, norm=d_norm, dropout=d_dropout)  # (B, 1, 28, 28) -> (B, F)
         self.head = nn.Linear(channels[1] * FEATURE_SIDE**2, 1, bias=head_bias)  # (B, F) -> (B, 1) logit
+
+    def one_hot_inputs(self) -> int:
+        """How many one-hot entries G reads beside z: CGAN's digit (10); SCGAN's cluster."""
+        return NUM_CLASSES if self.conditional else 0
 
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         generator = {id(p) for p in self.generator.parameters()}
@@ -122,7 +125,11 @@ class DCGAN(ConvGAN):
     def loss(self, x, y, phase, cache) -> LossOutput:
         if "z" not in cache:  # one noise batch per training batch, shared by both phases
             cache["z"] = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        labels = y if self.conditional else None  # CGAN: fakes of the same digits as the real batch
+        return self._game_loss(x, y if self.conditional else None, phase, cache)  # CGAN: fakes of the real batch's digits
+
+    def _game_loss(self, x, labels, phase, cache) -> LossOutput:
+        """One phase of the game on real images x and the fakes G(cache["z"]), both judged
+        with `labels` (None: unconditional)."""
         if phase == "discriminator":
             with torch.no_grad():
                 fake = self.decode(cache["z"], labels=labels)

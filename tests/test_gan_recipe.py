@@ -1,0 +1,78 @@
+"""The lab's unconditional GAN recipe: the self-conditioned DCGAN (k-means clusters of the
+training digits in place of labels, the cluster read from the noise itself)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import SMALL_CONV as SMALL
+from conftest import image_batch
+from genlab.errors import GenlabError
+from genlab.models.scgan import SCGAN, SCGANConfig, kmeans, nearest
+
+
+def _trained_clusters(k: int = 4, n: int = 40) -> tuple[SCGAN, torch.Tensor]:
+    x, _ = image_batch(n)
+    model = SCGAN(SCGANConfig(clusters=k, **SMALL))
+    model.prepare_training(x)
+    return model, x
+
+
+def test_kmeans_finds_planted_clusters_and_is_seeded():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(30, 2, generator=torch.Generator().manual_seed(i)) for i, c in enumerate(centres)])
+    found = kmeans(points, 3)
+    assert torch.equal(kmeans(points, 3), found)  # same seed, same clusters: a resumed run keeps them
+    assert torch.cdist(found, centres).min(1).values.max() < 0.2  # each planted centre found
+    assert torch.equal(nearest(points, centres), torch.arange(3).repeat_interleave(30))
+    with pytest.raises(GenlabError, match="at least 5 training images"):
+        kmeans(points[:4], 5)
+
+
+def test_prepare_training_keeps_centres_and_shares_in_the_weights():
+    model, x = _trained_clusters()
+    counts = torch.bincount(nearest(x.flatten(1), model.centres), minlength=4).float()
+    assert torch.allclose(model.cum_share, counts.cumsum(0) / counts.sum())
+    state = model.state_dict()
+    assert {"centres", "cum_share"} <= set(state)  # saved with the weights: sampling needs no data
+    again = SCGAN(SCGANConfig(clusters=4, **SMALL))
+    again.load_state_dict(state)
+    assert torch.equal(again.centres, model.centres)
+
+
+def test_noise_alone_draws_each_cluster_as_often_as_the_data_has_it():
+    model = SCGAN(SCGANConfig(clusters=3, **SMALL))
+    model.cum_share.copy_(torch.tensor([0.2, 0.5, 1.0]))
+    z = torch.randn(20000, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    share = torch.bincount(model.cluster_of_noise(z), minlength=3).float() / len(z)
+    assert torch.allclose(share, torch.tensor([0.2, 0.3, 0.5]), atol=0.015)
+    asked = torch.tensor([0, 1, 2, 2, 1, 0] * 50)
+    assert torch.equal(model.cluster_of_noise(model.noise_in_clusters(asked)), asked)  # training's fakes: the real batch's clusters
+
+
+def test_generator_reads_the_cluster_and_the_game_never_reads_labels():
+    model, x = _trained_clusters()
+    assert model.generator[0].in_features == model.latent_dim + 4  # z and the cluster's one-hot
+    assert not model.conditional and model.can_sample
+    model.eval()  # dropout off, so the two losses below see the same D
+    for phase in model.phases:
+        torch.manual_seed(0)
+        digits = model.loss(x, torch.zeros(len(x), dtype=torch.long), phase, {}).loss
+        torch.manual_seed(0)
+        nonsense = model.loss(x, torch.full((len(x),), 7, dtype=torch.long), phase, {}).loss
+        assert torch.equal(digits, nonsense)
+    assert model.sample(6, generator=torch.Generator().manual_seed(1)).shape == (6, 1, 28, 28)
+
+
+def test_fakes_are_judged_by_the_clusters_they_were_drawn_for():
+    model, x = _trained_clusters()
+    cache: dict = {}
+    model.loss(x, None, "discriminator", cache)
+    assert torch.equal(cache["clusters"], nearest(x.flatten(1), model.centres))
+    assert torch.equal(model.cluster_of_noise(cache["z"]), cache["clusters"])
+
+
+def test_clusters_are_checked():
+    with pytest.raises(GenlabError, match="clusters"):
+        SCGANConfig(clusters=1).validate()

@@ -1,0 +1,68 @@
+"""The lab's plan: entries (name, model, settings, fitted prior), `--models` taking entry or
+registry names, and the entries run side by side in single-thread worker processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import QUIET, write_idx_folder
+from genlab.errors import GenlabError
+from genlab.lab import DEFAULT_MODELS, LAB_ENTRIES, entry_configs, lab_entry, run_lab
+
+
+def test_entries_split_their_settings_and_the_lab_epochs_win():
+    train, model = entry_configs(LAB_ENTRIES["vae-conv16"], None, 3, None, "cpu")
+    assert (train.model, train.lr, train.batch_size, train.epochs, train.seed) == ("vae", 2e-3, 64, 40, 3)
+    assert (model.arch, model.latent_dim, model.recon_loss) == ("conv", 16, "bce")
+    train, _ = entry_configs(LAB_ENTRIES["vae-conv16"], 2, 0, None, "cpu")
+    assert train.epochs == 2
+    assert entry_configs(LAB_ENTRIES["ae"], None, 0, None, "cpu")[1].neighbor_weight > 0
+    assert LAB_ENTRIES["gan"].model == "scgan" and set(DEFAULT_MODELS) >= {"ae", "vae", "vae-conv16", "gan", "cgan"}
+
+
+def test_a_registry_name_is_an_entry_with_the_models_defaults():
+    entry = lab_entry("dcgan")
+    assert (entry.name, entry.model, entry.settings, entry.fit_prior) == ("dcgan", "dcgan", {}, False)
+    with pytest.raises(GenlabError, match="unknown model 'nope'"):
+        lab_entry("nope")
+
+
+@pytest.fixture
+def small_evaluation(monkeypatch):
+    """10,000 samples per run are the lab's; 200 exercise the same code."""
+    import genlab.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate_run
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, n_samples=200)))
+
+
+def test_the_sampling_vae_is_scored_and_drawn_with_its_fitted_prior(tmp_path, small_evaluation):
+    data = write_idx_folder(tmp_path / "idx")
+    lines = []
+    report = run_lab(tmp_path / "lab", ["vae-conv16", "vae"], epochs=1, data_dir=str(data), device="cpu", workers=1, log=lines.append, progress=False)
+    run = tmp_path / "lab" / "vae-conv16"
+    assert (run / "prior.safetensors").is_file()
+    assert json.loads((run / "eval.json").read_text())["prior"].startswith("gaussian mixture")
+    assert json.loads((tmp_path / "lab" / "vae" / "eval.json").read_text())["prior"] == "standard normal"
+    assert any(line.startswith("vae-conv16:") and "prior: gaussian mixture" in line for line in lines)
+    page = report.read_text()
+    assert "that is why the lab keeps the 2-D VAE beside it" in page and "drawn from the prior: gaussian mixture" in page
+
+
+def test_workers_run_the_entries_side_by_side_and_report_their_lines(tmp_path):
+    data = write_idx_folder(tmp_path / "idx", n_train=64, n_test=20)
+    lines = []
+    run_lab(tmp_path / "lab", ["ae", "gan"], epochs=1, data_dir=str(data), device="cpu", workers=2, log=lines.append, progress=False)
+    for name in ("ae", "gan"):
+        assert (tmp_path / "lab" / name / "eval.json").is_file()
+        assert any(line.startswith(f"{name}: training into") for line in lines)
+    assert lines.index(next(line for line in lines if line.startswith("gan: training"))) < lines.index(
+        next(line for line in lines if line.startswith("ae: training"))
+    )  # the GAN, the longest, starts first; its lines are printed first
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(GenlabError, match="workers"):
+        run_lab(tmp_path / "lab", ["ae"], workers=0, **QUIET)
