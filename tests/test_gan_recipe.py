@@ -76,3 +76,18 @@ def test_fakes_are_judged_by_the_clusters_they_were_drawn_for():
 def test_clusters_are_checked():
     with pytest.raises(GenlabError, match="clusters"):
         SCGANConfig(clusters=1).validate()
+
+
+def test_augmentation_reaches_real_and_fake_alike_and_g_learns_through_it():
+    model, x = _trained_clusters()
+    seen: list[torch.Tensor] = []
+    real_augment = model.augment
+    model.augment = lambda images: seen.append(images) or real_augment(images)
+    cache: dict = {}
+    model.loss(x, None, "discriminator", cache)
+    assert len(seen) == 2 and torch.equal(seen[0], x)  # the real batch, then the fakes
+    assert seen[1].shape == x.shape and not seen[1].requires_grad  # detached for D's step
+    g_loss = model.loss(x, None, "generator", cache).loss
+    assert len(seen) == 3 and seen[2].requires_grad
+    g_loss.backward()
+    assert model.generator[0].weight.grad.abs().sum() > 0  # through the (differentiable) shift
