@@ -6,9 +6,9 @@ Layout: `OUT/<entry>/` is an ordinary run folder per lab entry, `OUT/report.html
 
 A lab entry is a name, a registry model and the settings the lab trains it with (`LAB_ENTRIES`);
 `--models` takes entry names or plain registry names (those train with the model's defaults).
-The entries run in `workers` processes of one thread each: these small models scale poorly over
-intra-op threads, so two single-thread runs side by side do about twice the work of one
-two-thread run on a 2-core machine (benchmarks/README.md section 10).
+The entries run in `workers` processes of one thread each: these small models gain little from a
+second intra-op thread, so two single-thread runs side by side keep both cores of a 2-core
+machine busy (the lab's CPU time and wall time: benchmarks/README.md section 11).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class LabEntry:
     why: str = ""  # the report's line on what this entry is for
 
 
-# The default lab; each entry's settings and its cost are in benchmarks/README.md section 10.
+# The default lab; each entry's settings and its cost are in benchmarks/README.md section 11.
 LAB_ENTRIES: dict[str, LabEntry] = {
     e.name: e
     for e in (

@@ -37,7 +37,7 @@ KMEANS_SEED = 0  # fixed: a resumed run must find the clusters it started with
 
 @dataclass
 class SCGANConfig(DCGANConfig):
-    clusters: int = 50  # k-means clusters of the training digits G and D are conditioned on (benchmarks/README.md section 10)
+    clusters: int = 50  # k-means clusters of the training digits G and D are conditioned on (benchmarks/README.md section 11)
 
     def validate(self) -> None:
         super().validate()
