@@ -38,7 +38,7 @@ from .utils import atomic_write_json, make_generator, weights_sha256
 
 EVAL_FILE = "eval.json"
 DISTANCE_CHUNK = 2048  # rows of a pairwise-distance block: 2048 × 10k floats = 80 MB
-IW_MAX_ROWS = 16384  # decoder rows per IWAE call (images × importance samples): memory, not results
+IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples): bounds memory; larger calls are no faster
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import RunFolderError
 from .limits import (
     METRICS_ROW_FIELDS,
+    SAMPLE_BATCH,
     check_config_fits_weights,
     check_fields,
     check_run_info,
@@ -268,11 +269,20 @@ class Run:
     def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
         `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
-        draw from it instead (batches of one long sample continue one stream)."""
+        draw from it instead (batches of one long sample continue one stream).
+        Drawn SAMPLE_BATCH images at a time from the one generator, so the network's activations
+        stay bounded whatever n is (a conditional model's default digits still cycle 0..9)."""
         gen = generator if generator is not None else make_generator(seed, self.device)
-        if prior is not None:
-            return self.decode(prior.to(self.device).sample(n, generator=gen))
-        return self.model.sample(n, generator=gen, labels=self._labels(labels)).cpu()
+        labels = self._labels(labels)
+        blocks = []
+        for start in range(0, max(n, 1), SAMPLE_BATCH):  # n = 0: one empty block, of the right shape
+            b = min(SAMPLE_BATCH, n - start)
+            if prior is not None:
+                blocks.append(self.decode(prior.to(self.device).sample(b, generator=gen)))
+            else:
+                block_labels = None if labels is None else labels[start : start + b]
+                blocks.append(self.model.sample(b, generator=gen, labels=block_labels).cpu())
+        return torch.cat(blocks)
 
     @torch.inference_mode()
     def encode(self, x, labels=None) -> torch.Tensor:
