@@ -4,12 +4,20 @@ registry names, and the entries run side by side in single-thread worker process
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from conftest import QUIET, write_idx_folder
 from genlab.errors import GenlabError
 from genlab.lab import DEFAULT_MODELS, LAB_ENTRIES, entry_configs, lab_entry, run_lab
+from genlab.lock import RunFolderLock
+from genlab.runs import CHECKPOINT_FILE, load_run
 
 
 def test_entries_split_their_settings_and_the_lab_epochs_win():
@@ -66,3 +74,52 @@ def test_workers_run_the_entries_side_by_side_and_report_their_lines(tmp_path):
 def test_workers_must_be_positive(tmp_path):
     with pytest.raises(GenlabError, match="workers"):
         run_lab(tmp_path / "lab", ["ae"], workers=0, **QUIET)
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the worker processes in /proc")
+def test_workers_checkpoint_and_stop_when_the_lab_process_is_killed_alone(tmp_path):
+    data = write_idx_folder(tmp_path / "idx", n_train=64, n_test=20)
+    lab_dir = tmp_path / "lab"
+    command = [sys.executable, "-m", "genlab", "lab", "--models", "ae,vae", "--epochs", "100000", "--workers", "2"]
+    lab = subprocess.Popen([*command, "--out", str(lab_dir), "--data", str(data), "--device", "cpu", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not all((lab_dir / name / CHECKPOINT_FILE).is_file() for name in ("ae", "vae")):
+            assert lab.poll() is None and time.monotonic() < deadline, "the lab's runs never checkpointed"
+            time.sleep(0.2)
+        workers = _children(lab.pid)
+        assert len(workers) >= 2
+        lab.kill()  # SIGKILL to the lab alone: it cannot pass anything on to its workers
+        lab.wait()
+        deadline = time.monotonic() + 60  # 100,000 epochs: a worker still alive here would train for hours
+        while any(map(_alive, workers)):
+            assert time.monotonic() < deadline, "the lab's workers outlived it"
+            time.sleep(0.2)
+        for name in ("ae", "vae"):
+            with RunFolderLock(lab_dir / name):  # the workers' locks are free
+                assert load_run(lab_dir / name, weights="checkpoint").train_config.epochs == 100000
+    finally:
+        lab.kill()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)

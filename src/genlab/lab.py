@@ -13,8 +13,10 @@ machine busy (the lab's CPU time and wall time: benchmarks/README.md section 11)
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -83,8 +85,8 @@ def lab_entry(name: str) -> LabEntry:
 
 
 def entry_configs(entry: LabEntry, epochs: int | None, seed: int, data_dir: str | None, device: str, precision: str = "fp32"):
-    """(TrainConfig, model config) of an entry; `epochs` (the lab's --epochs) wins over its own;
-    `precision` a concrete one (`lab_precision`)."""
+    """(TrainConfig, resolved model config) of an entry, both validated; `epochs` (the lab's
+    --epochs) wins over its own; `precision` a concrete one (`lab_precision`)."""
     model_cls = get_model_class(entry.model)
     train_fields = {k: v for k, v in entry.settings.items() if k in TRAIN_FIELDS}
     model_fields = {k: v for k, v in entry.settings.items() if k not in TRAIN_FIELDS}
@@ -96,8 +98,7 @@ def entry_configs(entry: LabEntry, epochs: int | None, seed: int, data_dir: str 
         raise GenlabError(f"lab entry '{entry.name}': {e}") from None
     train_config = TrainConfig(model=entry.model, seed=seed, data_dir=data_dir, device=device, precision=precision, **train_fields)
     train_config.validate()
-    model_cls.resolved_config(model_config)
-    return train_config, model_config
+    return train_config, model_cls.resolved_config(model_config)
 
 
 def run_lab(
@@ -149,19 +150,45 @@ def run_lab(
         else:
             # Longest first, so the short runs fill in beside them; progress bars would interleave.
             jobs.sort(key=lambda job: -_cost(job[0]))
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-                futures = [pool.submit(_run_entry, *job, progress=False, log=None) for job in jobs]
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker, initargs=(os.getpid(),)) as pool:
+                futures = [pool.submit(_run_in_worker, *job) for job in jobs]
                 for future in futures:  # in submission order; a failed entry raises its own one-line error
                     for line in future.result():
                         log(line)
         return write_report(out_dir, models=[e.name for e in entries])
 
 
-def _one_thread() -> None:
+_PARENT_GONE = threading.Event()  # set in a worker whose lab process has died
+
+
+def _start_worker(parent: int) -> None:
+    """A worker process: one intra-op thread (torch is imported by now, so only set_num_threads
+    counts, not OMP_NUM_THREADS), and it stops when the lab process `parent` is gone."""
     import torch
 
     torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
+    threading.Thread(target=_stop_with_parent, args=(parent,), daemon=True).start()
+
+
+def _stop_with_parent(parent: int, grace_s: float = 30.0) -> None:
+    """A lab killed alone (SIGTERM or SIGKILL to its PID, not Ctrl-C to the whole group) would
+    leave its workers training for nobody. Once the parent is gone, SIGTERM this worker: a
+    training run checkpoints at the next batch and stops (`genlab lab --resume` carries on),
+    anything else ends at once; whatever is still alive after `grace_s` exits."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _PARENT_GONE.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    os._exit(1)
+
+
+def _run_in_worker(*job) -> list[str]:
+    try:
+        return _run_entry(*job, progress=False, log=None)
+    finally:
+        if _PARENT_GONE.is_set():  # the run has checkpointed and there is nobody to report to
+            os._exit(1)
 
 
 def _cost(entry: LabEntry) -> int:
