@@ -339,6 +339,7 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
         with forward_context(t.cfg.precision, t.device):  # autocast for bf16/fp16; backward and step outside it
             out = t.loss_fn(xb, yb, phase, cache)
         _backward_step(t, phase, out.loss if weight == 1 else out.loss * weight, step)
+        model.end_step(phase)
         t.recent.append((step, out.loss.detach()))
         for key, value in out.logs.items():
             t.running[key] = t.running.get(key, 0) + value.detach() * len(xb)

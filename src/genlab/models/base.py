@@ -91,6 +91,10 @@ class GenerativeModel(nn.Module):
         images, on the model's device. Most models need nothing; the AE and VAE build their
         neighbour graph here when `neighbor_weight` > 0 (models/neighbors.py)."""
 
+    def end_step(self, phase: str) -> None:
+        """Called by the loop after each optimizer step of `phase`, on every process alike. Most
+        models need nothing; a conv GAN with `g_ema` moves its average of G here."""
+
     @torch.no_grad()
     def eval_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test-split figures for one batch, as batch means; the loop averages over batches."""
