@@ -77,6 +77,15 @@ def test_truncated_header_is_rejected(tmp_path):
         read_idx(tmp_path / "x")
 
 
+@pytest.mark.parametrize("name", ["x", "x.gz"])
+def test_a_size_field_cut_short_is_a_truncated_header_not_a_huge_read(tmp_path, name):
+    # 2 dims, the second cut to 2 bytes: read as a size, 0x01000000 × 0x0600 would ask for 25 GB
+    header = bytes([0, 0, 8, 2, 1, 0, 0, 0, 6, 0])
+    (tmp_path / name).write_bytes(gzip.compress(header) if name.endswith(".gz") else header)
+    with pytest.raises(DataError, match="truncated IDX header"):
+        read_idx(tmp_path / name)
+
+
 def test_truncated_gzip_file_is_rejected(tmp_path):
     images, _ = synthetic_digits(10)
     write_idx(tmp_path / "x.gz", images)

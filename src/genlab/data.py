@@ -126,9 +126,11 @@ def _read_promised(stream, source: str) -> bytes:
     if len(head) < 4 or head[:3] != bytes([0, 0, _IDX_UBYTE]) or not 1 <= head[3] <= 4:
         return head + stream.read(4)  # parse_idx says what is wrong with this header
     head += stream.read(4 * head[3])
+    if len(head) < 4 + 4 * head[3]:  # a cut-off size field must not be read as a (huge) size
+        return head  # parse_idx says the header is truncated
     shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(head[3]))
     expected = math.prod(shape)
-    if len(head) == 4 + 4 * len(shape) and expected > MAX_IDX_BYTES:
+    if expected > MAX_IDX_BYTES:
         raise DataError(f"{source}: IDX header promises {expected:,} bytes for shape {shape}, more than the {MAX_IDX_BYTES:,} genlab reads")
     data = head + stream.read(expected)
     if len(data) == len(head) + expected and stream.read(1):
