@@ -162,11 +162,13 @@ _PARENT_GONE = threading.Event()  # set in a worker whose lab process has died
 
 
 def _start_worker(parent: int) -> None:
-    """A worker process: one intra-op thread (torch is imported by now, so only set_num_threads
-    counts, not OMP_NUM_THREADS), and it stops when the lab process `parent` is gone."""
+    """A worker process: one thread for torch and for numpy's BLAS (both are imported by now, so
+    OMP_NUM_THREADS would come too late), and it stops when the lab process `parent` is gone."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    threadpool_limits(1)
     threading.Thread(target=_stop_with_parent, args=(parent,), daemon=True).start()
 
 

@@ -66,13 +66,15 @@ class MixturePrior:
 def fit_mixture_prior(codes: torch.Tensor, components: int = DEFAULT_COMPONENTS, seed: int = 0) -> MixturePrior:
     """A full-covariance Gaussian mixture fitted by EM (scikit-learn) to codes (N, D)."""
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
     if components < 1:
         raise GenlabError(f"--components must be at least 1, got {components}")
     if components > len(codes):
         raise GenlabError(f"--components {components} is more than the {len(codes)} codes to fit")
     mixture = GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=200)
-    mixture.fit(codes.detach().cpu().double().numpy())
+    with threadpool_limits(1):  # EM's small matrix products: BLAS threads cost more than they give (benchmarks/README.md section 11)
+        mixture.fit(codes.detach().cpu().double().numpy())
     as_float = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     covariances = as_float(mixture.covariances_)
     return MixturePrior(as_float(mixture.weights_), as_float(mixture.means_), torch.linalg.cholesky(covariances))
