@@ -43,7 +43,8 @@ FAMILY_TEXT = {
         "On 5,000 training digits two things make the difference: the discriminator sees every image, real and fake "
         "alike, randomly shifted (DiffAugment), so it cannot memorise the training set, and the unconditional GAN "
         "plays the conditional game on clusters of the training digits (found without labels), which stops it from "
-        "blending digit shapes; the same networks without either draw half-formed digits."
+        "blending digit shapes; the same networks without either draw half-formed digits. Its samples come from a "
+        "moving average of the generator's weights, which smooths out the last steps' oscillation."
     ),
 }
 
