@@ -32,7 +32,7 @@ from .models import get_model_class
 from .precision import resolve_precision
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
 from .train import TRAIN_FIELDS, fit
-from .utils import pick_device
+from .utils import pick_device, release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,13 @@ def run_lab(
                 _run_entry(*job, data=data, progress=progress, log=log)
         else:
             # Longest first, so the short runs fill in beside them; progress bars would interleave.
+            # A fresh process per entry: memory an entry's training and evaluation held goes back
+            # to the system, rather than staying with a worker that runs the next one.
             jobs.sort(key=lambda job: -_cost(job[0]))
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker, initargs=(os.getpid(),)) as pool:
+            pool = ProcessPoolExecutor(
+                min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker, initargs=(os.getpid(),), max_tasks_per_child=1
+            )
+            with pool:
                 futures = [pool.submit(_run_in_worker, *job) for job in jobs]
                 for future in futures:  # in submission order; a failed entry raises its own one-line error
                     for line in future.result():
@@ -216,6 +221,7 @@ def _run_entry(entry, run_dir, epochs, seed, data_dir, device, precision, resume
         continue_run = resume and (run_dir / CONFIG_FILE).is_file()
         say(f"{name}: {'resuming' if continue_run else 'training'} into {run_dir}")
         fit(train_config, model_config, run_dir, resume=continue_run, overwrite=overwrite and not continue_run, data=data, progress=progress, log=say)
+        release_freed_memory()
     run = load_run(run_dir, device=device)
     prior = None
     if entry.fit_prior:
