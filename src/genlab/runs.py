@@ -274,11 +274,12 @@ class Run:
         stay bounded whatever n is (a conditional model's default digits still cycle 0..9)."""
         gen = generator if generator is not None else make_generator(seed, self.device)
         labels = self._labels(labels)
+        prior = None if prior is None else prior.to(self.device)
         blocks = []
         for start in range(0, max(n, 1), SAMPLE_BATCH):  # n = 0: one empty block, of the right shape
             b = min(SAMPLE_BATCH, n - start)
             if prior is not None:
-                blocks.append(self.decode(prior.to(self.device).sample(b, generator=gen)))
+                blocks.append(self.decode(prior.sample(b, generator=gen)))
             else:
                 block_labels = None if labels is None else labels[start : start + b]
                 blocks.append(self.model.sample(b, generator=gen, labels=block_labels).cpu())
