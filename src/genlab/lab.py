@@ -129,9 +129,8 @@ def run_lab(
     if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
-    precisions = {e.name: lab_precision(e.model, precision, pick_device(device)) for e in entries}
-    for entry in entries:  # fail on a bad option before anything is written
-        entry_configs(entry, epochs, seed, data_dir, device, precisions[entry.name])
+    # Every entry's configs, built (and so checked) before anything is written.
+    configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, pick_device(device))) for e in entries}
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"lab folder {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()) and not (resume or overwrite):
@@ -143,7 +142,7 @@ def run_lab(
         log(f"data: {data.source}")
         for note in data.notes:
             log(f"data: {note}")
-        jobs = [(entry, out_dir / entry.name, epochs, seed, data_dir, device, precisions[entry.name], resume, overwrite) for entry in entries]
+        jobs = [(entry, out_dir / entry.name, *configs[entry.name], resume, overwrite) for entry in entries]
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
                 _run_entry(*job, data=data, progress=progress, log=log)
@@ -203,18 +202,18 @@ def _cost(entry: LabEntry) -> int:
     return 2 if get_model_class(entry.model).family == "adversarial" else int(entry.fit_prior)
 
 
-def _run_entry(entry, run_dir, epochs, seed, data_dir, device, precision, resume, overwrite, data=None, progress=True, log=None) -> list[str]:
-    """Train (or reuse) one entry, draw its figures, measure it. Logs through `log`, or, in a
-    worker process (log None), returns the lines for the parent to print."""
+def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, data=None, progress=True, log=None) -> list[str]:
+    """Train (or reuse) one entry with its configs (`entry_configs`), draw its figures, measure
+    it. Logs through `log`, or, in a worker process (log None), returns the lines for the parent
+    to print."""
     from . import plots
     from .prior import fit_run_prior
 
     lines: list[str] = []
     say = log or lines.append
     if data is None:
-        data = load_dataset("mnist", data_dir)
-    train_config, model_config = entry_configs(entry, epochs, seed, data_dir, device, precision)
-    name = entry.name
+        data = load_dataset("mnist", train_config.data_dir)
+    name, seed = entry.name, train_config.seed
     if resume and _finished(run_dir, train_config.epochs):
         say(f"{name}: finished run found in {run_dir}, reusing it")
     else:
@@ -222,7 +221,7 @@ def _run_entry(entry, run_dir, epochs, seed, data_dir, device, precision, resume
         say(f"{name}: {'resuming' if continue_run else 'training'} into {run_dir}")
         fit(train_config, model_config, run_dir, resume=continue_run, overwrite=overwrite and not continue_run, data=data, progress=progress, log=say)
         release_freed_memory()
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=train_config.device)
     prior = None
     if entry.fit_prior:
         x_train, _ = data.tensors("train", run.device)
