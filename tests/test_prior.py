@@ -11,10 +11,12 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from conftest import TINY_CLI_OPTIONS, assert_one_line_error, run_cli
+from conftest import QUIET, TINY_CLI_OPTIONS, assert_one_line_error, run_cli, tiny_train_config
+from genlab import fit, load_run
+from genlab.data import fixed_binarization
 from genlab import cli as genlab_cli
 from genlab.evaluate import bernoulli_log_likelihood, importance_weighted_bounds
-from genlab.prior import DEFAULT_COMPONENTS, PRIOR_FILE, MixturePrior, fit_mixture_prior, load_prior, save_prior
+from genlab.prior import DEFAULT_COMPONENTS, PRIOR_FILE, MixturePrior, fit_mixture_prior, fit_run_prior, load_prior, posterior_codes, save_prior
 from genlab.utils import make_generator
 
 from test_evaluate import _tiny_vae  # a 1-D-latent VAE whose exact log p(x) a grid gives
@@ -135,6 +137,15 @@ def test_fit_prior_then_sample_and_eval_with_it(tiny_runs, session_data_dir, tmp
     code, _, err = run_cli("train", "vae", *TINY_CLI_OPTIONS, "--data", session_data_dir, "--out", run_dir, "--overwrite", "--no-figures")
     assert code == 0, err
     assert not (run_dir / PRIOR_FILE).exists() and not (run_dir / "eval-gmm.json").exists()
+
+
+def test_a_binarized_run_is_fitted_on_the_binarized_digits_it_learned_from(tmp_path, tiny_bundle):
+    run = load_run(fit(tiny_train_config("vae", binarize=True), None, tmp_path / "vae", data=tiny_bundle, **QUIET))
+    x_train, _ = tiny_bundle.tensors("train")
+    prior, _, _ = fit_run_prior(run, x_train, components=2)
+    expected = fit_mixture_prior(posterior_codes(run.model, fixed_binarization(x_train)), 2)
+    not_binarized = fit_mixture_prior(posterior_codes(run.model, x_train), 2)
+    assert torch.equal(prior.means, expected.means) and not torch.equal(prior.means, not_binarized.means)
 
 
 def test_fit_prior_refuses_other_data_than_the_run_trained_on(tiny_runs, tmp_path):

@@ -284,7 +284,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_fit_prior(args) -> None:
-    from .data import fixed_binarization, load_dataset
+    from .data import load_dataset
     from .lock import RunFolderLock
     from .prior import fit_run_prior
     from .runs import require_training_data
@@ -296,8 +296,6 @@ def cmd_fit_prior(args) -> None:
         # the prior must describe the codes of the digits the model learned from
         require_training_data(run.path, run.info, data, "fit its prior with the same data (the GENLAB_DATA it trained with)")
         x_train, _ = data.tensors("train", run.device)
-        if run.train_config.binarize:  # the codes of what the run learned from
-            x_train = fixed_binarization(x_train)
         _, path, n_codes = fit_run_prior(run, x_train, args.components, args.seed, data_sha256=data.sha256)
     print(f"fitted a {args.components}-component Gaussian mixture to {n_codes} codes of the {len(x_train)} training digits: {path}")
     print(f"use it: genlab sample {run.path} --prior gmm -o samples.png; genlab eval {run.path} --prior gmm")

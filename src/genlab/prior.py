@@ -129,9 +129,13 @@ def fit_run_prior(
     run, x_train: torch.Tensor, components: int = DEFAULT_COMPONENTS, seed: int = 0, data_sha256: str | None = None
 ) -> tuple[MixturePrior, Path, int]:
     """Fit the mixture to the run's codes of its training images x_train and save it beside the
-    weights (`genlab fit-prior`, and the lab's conv VAE): (prior, its path, number of codes)."""
+    weights (`genlab fit-prior`, and the lab's conv VAE): (prior, its path, number of codes).
+    A `--binarize` run is fitted on the binarised digits it learned from."""
+    from .data import fixed_binarization
     from .utils import weights_sha256
 
+    if run.train_config.binarize:
+        x_train = fixed_binarization(x_train)
     codes = posterior_codes(run.model.eval(), x_train, seed=seed)
     prior = fit_mixture_prior(codes, components, seed)
     info = {"components": components, "seed": seed, "codes": len(codes), "data_sha256": data_sha256, "weights_sha256": weights_sha256(run.model)}
