@@ -47,7 +47,8 @@ def check_image_output(target: Path, n: int) -> None:
 
 def sample_batches(run, n: int, seed: int = 0, digit: int | None = None, prior=None) -> Iterator[np.ndarray]:
     """n samples of `run` as float32 blocks (b, 28, 28) of at most SAMPLE_BATCH images, drawn
-    from one generator seeded by `seed` (n <= SAMPLE_BATCH gives exactly `run.sample(n, seed)`)."""
+    from one generator seeded by `seed`: together, exactly `run.sample(n, seed)`, which draws in
+    the same blocks."""
     generator = make_generator(seed, run.device)
     for start in range(0, n, SAMPLE_BATCH):
         b = min(SAMPLE_BATCH, n - start)
