@@ -1,4 +1,4 @@
-"""Pointer-to-picture latency of `genlab explore` (benchmarks/README.md, section 9).
+"""Pointer-to-picture latency of `genlab explore` (benchmarks/README.md, "Explorer").
 
     python benchmarks/explore_latency.py RUN_DIR [RUN_DIR ...]
 

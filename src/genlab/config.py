@@ -73,11 +73,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     grad_clip: float = 0.0  # clip each optimizer's gradient norm to this (0: off)
     binarize: bool = False  # train on stochastically binarised pixels, score a fixed binarised test split (NLL papers' setting)
-    compile: bool = False  # torch.compile the model's loss (measured: see benchmarks/README.md)
+    compile: bool = False  # torch.compile the model's loss (measured: benchmarks/README.md, "Training speed")
     precision: Precision = "fp32"  # forward passes under autocast: bf16 (fast on CPUs with avx512_bf16/AMX and on recent GPUs) or fp16 (CUDA only, with a gradient scaler)
     eval_batch_size: int = 1000  # batch for test-set losses and figures (memory, not results)
     # 2,000 keep the curves' noise far below the epoch-to-epoch changes at a fraction of the
-    # full split's cost (benchmarks/README.md, "The default lab").
+    # full split's cost (benchmarks/README.md, "Per-epoch evaluation").
     epoch_eval_images: int = 2000  # first N test images scored after each epoch for the loss curves (0: all); genlab eval scores all
 
     def validate(self) -> None:

@@ -8,7 +8,7 @@ A lab entry is a name, a registry model and the settings the lab trains it with 
 `--models` takes entry names or plain registry names (those train with the model's defaults).
 The entries run in `workers` processes of one thread each: these small models gain little from a
 second intra-op thread, so two single-thread runs side by side keep both cores of a 2-core
-machine busy (the lab's CPU time and wall time: benchmarks/README.md section 11).
+machine busy (the lab's CPU time and wall time: benchmarks/README.md, "The default lab").
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class LabEntry:
     why: str = ""  # the report's line on what this entry is for
 
 
-# The default lab; each entry's settings and its cost are in benchmarks/README.md section 11.
+# The default lab; each entry's settings and its cost are in benchmarks/README.md, "The default lab".
 LAB_ENTRIES: dict[str, LabEntry] = {
     e.name: e
     for e in (

@@ -10,8 +10,9 @@ run are computed exactly as those of an fp32 run.
 
 bf16 is only a gain where the hardware multiplies in it fast: x86 CPUs with avx512_bf16 or AMX,
 CUDA GPUs from Ampere on. Having the instructions is not enough (on some CPUs with avx512_bf16 but
-no AMX, oneDNN's bf16 matmul is slower than float32: benchmarks/README.md), so `auto` (the lab's
-default) first asks for the units, then times a typical product in both dtypes (`bf16_is_fast`).
+no AMX, oneDNN's bf16 matmul is slower than float32: benchmarks/README.md, "bf16 mixed precision"),
+so `auto` (the lab's default) first asks for the units, then times a typical product in both
+dtypes (`bf16_is_fast`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the samples where the decoder was trained. It is also a valid prior for the like
 `genlab eval RUN --prior gmm` scores the same decoder with p(z) = the mixture, and since the
 mixture is fitted to the training codes it usually bounds log p(x) higher, not lower.
 
-What it gains on the 16-D Bernoulli VAEs is measured in benchmarks/README.md section 3. The
+What it gains on the 16-D Bernoulli VAEs is measured in benchmarks/README.md, "VAE architecture". The
 file is `RUN/prior.safetensors`.
 """
 
@@ -25,7 +25,7 @@ from .errors import GenlabError, RunFolderError
 from .models.losses import reparameterize
 from .runs import PRIOR_FILE, load_tensors, save_tensors
 
-DEFAULT_COMPONENTS = 50  # chosen on the validation split over 10 (benchmarks/README.md section 3)
+DEFAULT_COMPONENTS = 50  # chosen on the validation split over 10 (benchmarks/README.md, "VAE architecture")
 CODE_DRAWS = 4  # codes z ~ q(z|x) drawn per training image for the fit: the posterior's spread, not just its mean
 
 
@@ -73,7 +73,8 @@ def fit_mixture_prior(codes: torch.Tensor, components: int = DEFAULT_COMPONENTS,
     if components > len(codes):
         raise GenlabError(f"--components {components} is more than the {len(codes)} codes to fit")
     mixture = GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=200)
-    with threadpool_limits(1):  # EM's small matrix products: BLAS threads cost more than they give (benchmarks/README.md section 11)
+    # EM's small matrix products: BLAS threads cost more than they give (benchmarks/README.md, "What the lab's evaluation costs")
+    with threadpool_limits(1):
         mixture.fit(codes.detach().cpu().double().numpy())
     as_float = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     covariances = as_float(mixture.covariances_)

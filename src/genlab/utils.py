@@ -58,7 +58,7 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
 def release_freed_memory() -> None:
     """Hand the memory that glibc's malloc keeps after frees back to the system (elsewhere: nothing).
     After a bf16 training run, the evaluation that followed in the same process could not reuse
-    those scattered pieces and nearly doubled the peak (benchmarks/README.md section 11)."""
+    those scattered pieces and nearly doubled the peak (benchmarks/README.md, "What the lab's evaluation costs")."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator does its own trimming

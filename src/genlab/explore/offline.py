@@ -6,7 +6,8 @@ Why a lattice rather than the decoder itself in JavaScript: it works for every a
 (MLP or conv, any activation) with no second implementation of torch's layers to keep in step,
 it is exact at the lattice points, a lookup is instant, and the decodings pack into one PNG
 sprite (dark-on-light digits compress well) of a few hundred kB; the default MLP decoder's
-weights alone would be about 1 MB even as float16. benchmarks/README.md records the sizes.
+weights alone would be about 1 MB even as float16. The sizes: benchmarks/README.md,
+"report.html's explorer size".
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ z, so it cannot sample: its latent space has holes between the clusters.
 By default it is a denoising autoencoder (Vincent et al. 2008, https://doi.org/10.1145/1390156.1390294):
 in training the encoder sees x + σ·ε, ε ~ N(0, I), and the decoder must give back the clean x (MSE).
 Codes that must survive the noise depend less on single pixels, so test digits land nearer the
-training digits of their class (benchmarks/README.md section 4). Evaluation, codes and figures
+training digits of their class (benchmarks/README.md, "2-D codes"). Evaluation, codes and figures
 use the clean x.
 """
 
@@ -28,7 +28,7 @@ from .neighbors import NeighborTerm
 @dataclass
 class AEConfig(AutoencoderConfig):
     latent_dim: int = 2  # 2-D so the latent space can be plotted as it is
-    # The noise and the neighbour weight were chosen on the validation split (benchmarks/README.md 4, 4c).
+    # The noise and the neighbour weight were chosen on the validation split (benchmarks/README.md, "2-D codes").
     input_noise: float = 0.5  # σ of Gaussian noise added to the encoder's input in training (denoising AE; 0: off)
     neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 0.3 separates 2-D codes best)
 
@@ -45,7 +45,7 @@ class AE(GenerativeModel):
 
     @classmethod
     def defaults(cls, config: AEConfig) -> dict:
-        # Steps matter more than batch size for the 2-D codes: batch 32 (benchmarks/README.md section 4).
+        # Steps matter more than batch size for the 2-D codes: batch 32 (benchmarks/README.md, "2-D codes").
         return {"epochs": 35, "batch_size": 32, "lr": 1e-3, "activation": "relu"}
 
     def __init__(self, config: AEConfig):

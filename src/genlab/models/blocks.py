@@ -50,7 +50,7 @@ class Unflatten(nn.Module):
 
 FEATURE_SIDE = 7  # 28 -> 14 -> 7 after two stride-2 convolutions
 # Default kernel of the autoencoders' convolutions (their `kernel` field): 3 runs more images per
-# CPU second than 4 and gave better samples at the same CPU time (benchmarks/README.md section 3).
+# CPU second than 4 and gave better samples at the same CPU time (benchmarks/README.md, "VAE architecture").
 AE_KERNEL = 3
 
 
@@ -62,7 +62,7 @@ def _same_halving(kernel: int) -> tuple[int, int]:
 
 # Hidden-layer activations of the autoencoders (`activation` field). SiLU (x·sigmoid(x), Elfwing
 # et al. 2018, https://arxiv.org/abs/1702.03118) is smooth where ReLU has a kink; it is the conv
-# VAE's default (benchmarks/README.md section 3), "relu" the notebook's.
+# VAE's default (benchmarks/README.md, "VAE architecture"), "relu" the notebook's.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
 Activation = Literal["relu", "silu"]
 

@@ -15,7 +15,7 @@ Design choices, and why:
     predicted digit, so reconstructions need no labels either.
   - `decode(z)` without labels draws the digit `plot_digit` (the latent-manifold figure then
     shows that digit's styles); `sample(n)` without labels draws 0, 1, …, 9, 0, … in turn.
-Defaults: the MLP encoder/decoder and the Bernoulli likelihood (benchmarks/README.md section 3).
+Defaults: the MLP encoder/decoder and the Bernoulli likelihood (benchmarks/README.md, "Other models").
 """
 
 from __future__ import annotations

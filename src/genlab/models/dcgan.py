@@ -13,7 +13,7 @@ The convolutions share weights across positions, so D and G learn strokes rather
 784-pixel templates.
 
 Changed from the paper for 5,000 training digits and a 2-core CPU, each measured
-(benchmarks/README.md section 2): D has no batch norm by default (with it, D told real from fake
+(benchmarks/README.md, "GANs"): D has no batch norm by default (with it, D told real from fake
 at once and G learnt nothing recognisable), dropout after its activations and DiffAugment's random
 translation of everything it sees, so it cannot memorise the small training set; G is wider than
 D; batch 32 and learning rate 5e-4, for more steps per CPU second.
@@ -139,7 +139,7 @@ class DCGAN(ConvGAN):
 
     @classmethod
     def defaults(cls, config: DCGANConfig) -> dict:
-        # lr 5e-4 and batch 32: twice the steps per CPU second, better at this budget (benchmarks/README.md section 2).
+        # lr 5e-4 and batch 32: twice the steps per CPU second, better at this budget (benchmarks/README.md, "GANs").
         return {"epochs": 20, "batch_size": 32, "lr": 5e-4}
 
     def __init__(self, config: DCGANConfig):

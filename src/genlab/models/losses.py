@@ -14,7 +14,7 @@ import torch.nn.functional as F
 # starts badly or the learning rate is too high (a diverging KL otherwise ends in NaN).
 LOGVAR_RANGE = (-10.0, 10.0)
 # nats: a latent dimension with less KL than this counts as collapsed; the threshold between the
-# used and the collapsed dimensions measured in benchmarks/README.md section 3.
+# used and the collapsed dimensions measured in benchmarks/README.md, "KL per latent dimension".
 ACTIVE_KL = 0.1
 
 

@@ -2,7 +2,7 @@
 the code space (the AE's and VAE's `neighbor_weight`).
 
 Why: the plain 2-D AE and VAE place test digits among training digits of their own class far
-less often than a t-SNE map of the same digits does (benchmarks/README.md section 4c): the
+less often than a t-SNE map of the same digits does (benchmarks/README.md, "2-D codes"): the
 pixel-space neighbourhoods are there, reconstruction alone does not keep them in 2-D. This
 term asks the encoder to keep them, as parametric t-SNE does (van der Maaten 2009,
 https://proceedings.mlr.press/v5/maaten09a.html) and parametric UMAP does beside an autoencoder
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..errors import GenlabError
 
 # Neighbours per training digit (UMAP's default) and digit pairs per training step, drawn
-# independently of the reconstruction batch: chosen on the validation split, benchmarks/README.md
-# section 4c.
+# independently of the reconstruction batch: chosen on the validation split,
+# benchmarks/README.md, "2-D codes".
 NEIGHBORS = 15
 PAIRS = 64
 # Codes are multiplied by this before the Cauchy kernel. t-SNE maps of a few thousand points span

@@ -2,7 +2,7 @@
 https://arxiv.org/abs/1903.02271): an unconditional GAN, trained without labels, that plays the
 conditional game on clusters of the training digits.
 
-On 5,000 digits the unconditional DCGAN mixes digit shapes (benchmarks/README.md section 2),
+On 5,000 digits the unconditional DCGAN mixes digit shapes (benchmarks/README.md, "GANs"),
 while the same networks conditioned on the class reach a 5× lower FID (cgan). Here k-means
 clusters of the training images (pixels; no labels) stand in for the class:
   - `prepare_training` clusters the training digits once (seeded, so a resumed run gets the
@@ -37,7 +37,7 @@ KMEANS_SEED = 0  # fixed: a resumed run must find the clusters it started with
 
 @dataclass
 class SCGANConfig(DCGANConfig):
-    clusters: int = 50  # k-means clusters of the training digits G and D are conditioned on (benchmarks/README.md section 11)
+    clusters: int = 50  # k-means clusters of the training digits G and D are conditioned on (benchmarks/README.md, "GANs")
     g_ema: float = 0.99  # sample with G's moving average: a little cleaner than G itself (the same section)
 
     def validate(self) -> None:

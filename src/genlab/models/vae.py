@@ -46,7 +46,7 @@ class ELBOConfig(AutoencoderConfig):
 @dataclass
 class VAEConfig(ELBOConfig):
     latent_dim: int = 2  # 2-D for the latent scatter and manifold figures; 20 samples better
-    # Larger than the AE's because the VAE's loss is summed over pixels (benchmarks/README.md 4c).
+    # Larger than the AE's because the VAE's loss is summed over pixels (benchmarks/README.md, "2-D codes").
     neighbor_weight: float = 0.0  # weight of a loss that keeps pixel-space neighbours together in z (0: off; 100 separates 2-D codes best)
 
     def validate(self) -> None:
@@ -56,7 +56,7 @@ class VAEConfig(ELBOConfig):
 
 def vae_defaults(config: VAEConfig, epochs: int, batch_size: int) -> dict:
     """The MLP's `epochs` and `batch_size` with the notebook's ReLU; the conv net wants lr 2e-3,
-    batch 64 and SiLU (chosen on the validation split, benchmarks/README.md section 3)."""
+    batch 64 and SiLU (chosen on the validation split, benchmarks/README.md, "VAE architecture")."""
     if config.arch == "conv":
         return {"epochs": epochs, "batch_size": 64, "lr": 2e-3, "activation": "silu"}
     return {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "activation": "relu"}
@@ -71,7 +71,7 @@ class VAE(GenerativeModel):
 
     @classmethod
     def defaults(cls, config: VAEConfig) -> dict:
-        # Steps matter more than batch size for the 2-D codes: batch 32 (benchmarks/README.md section 4).
+        # Steps matter more than batch size for the 2-D codes: batch 32 (benchmarks/README.md, "2-D codes").
         return vae_defaults(config, epochs=35, batch_size=32)
 
     def __init__(self, config: VAEConfig):
