@@ -279,3 +279,26 @@ def test_classifier_train_writes_where_the_user_says_and_never_over_the_shipped_
 def test_classifier_train_help_names_the_output_and_the_flag():
     code, out, _ = run_cli("classifier", "train", "--help")
     assert code == 0 and "-o PATH" in out and "--replace-shipped" in out
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA paths, read on the CPU (benchmarks/README.md, "GPU: not yet run")
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_gradient_penalty_is_float32_under_autocast():
+    """WGAN-GP's inner gradient is outside fp16's loss scaler: under bf16/fp16 autocast it is
+    computed in float32, so the penalty is the fp32 one (autocast to bf16 here, on the CPU)."""
+    from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
+
+    torch.manual_seed(0)
+    model = WGANGP(WGANGPConfig())
+    real, eps = torch.rand(8, 1, 28, 28), torch.rand(8)
+    fake = torch.rand(8, 1, 28, 28).bfloat16().float()  # as G's output under autocast: bf16 values
+    expected = gradient_penalty(model.critic, real, fake, eps)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gradient_penalty(model.critic, real, fake.bfloat16(), eps)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    got.backward()  # and it still trains the critic
+    assert all(p.grad is not None for p in model.phase_parameters("critic"))

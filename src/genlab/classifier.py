@@ -102,7 +102,7 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
     key = (str(path.resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
-    fix = "reinstall genlab or rebuild it with `genlab classifier train`"
+    fix = "reinstall genlab or rebuild it with `genlab classifier train --replace-shipped`"
     if not path.is_file():
         raise GenlabError(f"the MNIST classifier weights {path} are missing: {fix}")
     try:
