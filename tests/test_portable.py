@@ -302,3 +302,15 @@ def test_the_gradient_penalty_is_float32_under_autocast():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     got.backward()  # and it still trains the critic
     assert all(p.grad is not None for p in model.phase_parameters("critic"))
+
+
+def test_the_gpu_check_refuses_to_run_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: benchmarks/gpu_check.py would run")
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("gpu_check: error: CUDA is not available"), done.stderr
+    assert not (tmp_path / "out").exists()
