@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, REPO_ROOT, assert_one_line_error, fit_killed_after, run_cli, tiny_train_config, write_idx_folder
+from conftest import QUIET, REPO_ROOT, assert_one_line_error, assert_same_weights, edit_config, fit_killed_after, run_cli, tiny_train_config, write_idx_folder
 from genlab import MODELS, fit
 from genlab.errors import RunFolderError
 from genlab.lock import LOCK_FILE, RunFolderLock
@@ -153,18 +153,6 @@ def stopped(tmp_path, idx_dir) -> Path:
     return run
 
 
-def edit_config(run_dir: Path, section: str, **values) -> None:
-    info = json.loads((run_dir / CONFIG_FILE).read_text())
-    info[section].update(values)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(info))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_tensors(a / WEIGHTS_FILE)[0], load_tensors(b / WEIGHTS_FILE)[0]
-    assert wa.keys() == wb.keys()
-    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
-
-
 # --------------------------------------------------------------------------------------------
 # Choice fields, validated when a config is read
 # --------------------------------------------------------------------------------------------
@@ -218,7 +206,7 @@ def test_a_cuda_run_resumes_on_the_cpu_and_says_so_in_its_config(stopped):
 
 
 @needs_cuda
-def test_a_cpu_run_resumes_on_cuda_and_back(stopped, uninterrupted, tmp_path):
+def test_a_cpu_run_resumes_on_cuda_and_back(stopped, uninterrupted):
     """On a GPU: CPU -> CUDA -> CPU, the checkpoint's tensors moved each time; the weights stay
     close to the CPU-only run's (not bitwise: another device sums in another order)."""
     code, _, err = run_cli("resume", stopped, "--device", "cuda", "--epochs", "1", "--quiet")
