@@ -43,6 +43,9 @@ HAS_LIKELIHOOD = {"vae", "cvae"}
 CONDITIONAL = {"cvae", "cgan"}
 
 
+_REAL_URLOPEN = urllib.request.urlopen  # kept for the loopback mirrors of `idx_mirror`
+
+
 def _refuse_network(*args, **kwargs):
     raise OSError("network access is disabled in the test suite")
 
@@ -178,6 +181,26 @@ def fit_killed_after(steps: int, *args, **kwargs):
 
 
 TINY_CLI_OPTIONS = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
+
+
+def edit_config(run_dir: Path, section: str, **values) -> None:
+    """Change fields of a run folder's config.json section ("train", "model") as someone might."""
+    import json
+
+    config = run_dir / "config.json"
+    info = json.loads(config.read_text())
+    info[section].update(values)
+    config.write_text(json.dumps(info))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The final weights of two run folders are bitwise equal."""
+    from genlab.runs import WEIGHTS_FILE, load_tensors
+
+    wa, wb = load_tensors(a / WEIGHTS_FILE)[0], load_tensors(b / WEIGHTS_FILE)[0]
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different}"
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
@@ -336,3 +359,96 @@ def run_cli_limited(tmp_path: Path, *argv, budget_mb: int, timeout: float = 300)
     )
     used = json.loads(report.read_text()) if report.is_file() else {"start": 0, "peak": 0}
     return result.returncode, result.stdout, result.stderr, (used["peak"] - used["start"]) / 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset mirrors: a real HTTP server on 127.0.0.1
+# --------------------------------------------------------------------------------------------
+
+MIRROR_STALL_S = 60.0  # how long the stalling mirror stays silent: far past any download timeout
+
+
+class IdxMirror:
+    """Four tiny gzipped IDX files (`payloads`, file name -> bytes) served at `url(kind)`, by kind:
+    'good' serves them; 'missing' answers 404; 'stall' sends the headers and half the file, then
+    nothing for MIRROR_STALL_S; 'corrupt' serves them with one byte changed. `asked` lists
+    (kind, file name) of every request."""
+
+    KINDS = ("good", "missing", "stall", "corrupt")
+
+    def __init__(self, base: str, payloads: dict[str, bytes]):
+        self.base, self.payloads, self.asked = base, payloads, []
+
+    def url(self, kind: str) -> str:
+        return f"{self.base}/{kind}/"
+
+    def spec(self, *kinds: str, name: str = "mnist"):
+        """A DatasetSpec `name` whose mirrors are these kinds, in order, with the good files' MD5s."""
+        import hashlib
+
+        from genlab.data import DATASETS, DatasetSpec
+
+        md5 = {stem: hashlib.md5(self.payloads[stem + ".gz"]).hexdigest() for stem in DATASETS[name].md5}
+        return DatasetSpec(name, tuple(self.url(kind) for kind in kinds), md5, DATASETS[name].class_names)
+
+
+def idx_payloads() -> dict[str, bytes]:
+    """The four MNIST file names as gzipped IDX bytes of synthetic digits (N_TRAIN + N_TEST)."""
+    import gzip
+
+    from genlab.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+
+    train, test = synthetic_digits(N_TRAIN, seed=1), synthetic_digits(N_TEST, seed=2)
+    payloads = {}
+    for stem, array in ((TRAIN_IMAGES, train[0]), (TRAIN_LABELS, train[1]), (TEST_IMAGES, test[0]), (TEST_LABELS, test[1])):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        payloads[stem + ".gz"] = gzip.compress(header + array.tobytes(), mtime=0)
+    return payloads
+
+
+@pytest.fixture
+def idx_mirror(monkeypatch):
+    """An `IdxMirror` on 127.0.0.1 and a free port, in a background thread, for one test; urllib
+    may reach it (and only it) during the test. Stopped afterwards, stalled answers included."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payloads, released = idx_payloads(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            _, kind, name = self.path.split("/", 2)
+            mirror.asked.append((kind, name))
+            if kind not in IdxMirror.KINDS or kind == "missing" or name not in payloads:
+                self.send_error(404)
+                return
+            body = payloads[name]
+            if kind == "corrupt":
+                body = body[:-9] + bytes([body[-9] ^ 0xFF]) + body[-8:]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if kind == "stall":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                released.wait(MIRROR_STALL_S)
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # no request lines in the test output
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    mirror = IdxMirror(f"http://127.0.0.1:{server.server_address[1]}", payloads)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def loopback_only(url, *args, **kwargs):
+        if not str(url).startswith(mirror.base + "/"):
+            return _refuse_network()
+        return _REAL_URLOPEN(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", loopback_only)
+    yield mirror
+    released.set()
+    server.shutdown()
+    server.server_close()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -17,7 +14,6 @@ from genlab import data as gdata
 from genlab.data import (
     TEST_IMAGES,
     TEST_LABELS,
-    TRAIN_IMAGES,
     TRAIN_LABELS,
     DataBundle,
     embedded_mnist,
@@ -266,80 +262,6 @@ def test_offline_default_is_the_embedded_digits_without_network(monkeypatch):
 def test_offline_without_embedded_fallback_for_other_datasets():
     with pytest.raises(DataError, match="no training split for fashion-mnist"):
         load_dataset("fashion-mnist")
-
-
-def test_download_failure_falls_back_to_embedded_digits(monkeypatch):
-    def fail(*args, **kwargs):
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(urllib.request, "urlopen", fail)
-    bundle = load_dataset("mnist", allow_download=True)
-    assert len(bundle.train_images) == 4500
-    assert any("download failed" in note for note in bundle.notes)
-    assert not any(gdata.cache_dir("mnist").glob("*.gz"))  # nothing half-written in the cache
-
-
-class _Response(io.BytesIO):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _fake_mirror(monkeypatch, payloads: dict[str, bytes]):
-    """Serve `payloads` (file name -> bytes) from a fake mirror; returns the URLs asked for."""
-    asked = []
-
-    def urlopen(url, timeout=None):
-        asked.append(url)
-        name = url.rsplit("/", 1)[-1]
-        if name not in payloads:
-            raise urllib.error.HTTPError(url, 404, "not found", {}, None)
-        return _Response(payloads[name])
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    return asked
-
-
-def _gz_payloads() -> dict[str, bytes]:
-    train, test = synthetic_digits(N_TRAIN, seed=1), synthetic_digits(N_TEST, seed=2)
-    payloads = {}
-    for stem, array in ((TRAIN_IMAGES, train[0]), (TRAIN_LABELS, train[1]), (TEST_IMAGES, test[0]), (TEST_LABELS, test[1])):
-        buffer = io.BytesIO()
-        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-        buffer.write(gzip.compress(header + array.tobytes()))
-        payloads[stem + ".gz"] = buffer.getvalue()
-    return payloads
-
-
-def test_download_fills_the_cache_after_checking_checksums(monkeypatch):
-    payloads = _gz_payloads()
-    spec = gdata.DATASETS["mnist"]
-    md5 = {stem: hashlib.md5(payloads[stem + ".gz"]).hexdigest() for stem in spec.md5}
-    monkeypatch.setitem(gdata.DATASETS, "mnist", gdata.DatasetSpec("mnist", ("https://mirror.invalid/",), md5))
-    asked = _fake_mirror(monkeypatch, payloads)
-    bundle = load_dataset("mnist", allow_download=True)
-    assert len(asked) == 4
-    assert len(bundle.train_images) == N_TRAIN and len(bundle.test_images) == N_TEST
-    assert sorted(p.name for p in gdata.cache_dir("mnist").iterdir()) == sorted(payloads)
-    # A second call reads the cache and does not download again.
-    load_dataset("mnist", allow_download=True)
-    assert len(asked) == 4
-
-
-def test_checksum_mismatch_is_rejected(monkeypatch):
-    payloads = _gz_payloads()
-    spec = gdata.DATASETS["mnist"]  # the real checksums: the synthetic files cannot match them
-    asked = _fake_mirror(monkeypatch, payloads)
-    with pytest.raises(DataError, match="checksum mismatch"):
-        gdata.download(spec, gdata.cache_dir("mnist"))
-    assert len(asked) == len(spec.mirrors)  # every mirror tried, then given up
-    assert not any(gdata.cache_dir("mnist").iterdir())  # nothing kept
-    # Through load_dataset: the bad download is refused and the offline digits are used.
-    bundle = load_dataset("mnist", allow_download=True)
-    assert len(bundle.train_images) == 4500
-    assert any("checksum mismatch" in note for note in bundle.notes)
 
 
 # --------------------------------------------------------------------------------------------

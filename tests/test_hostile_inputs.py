@@ -9,7 +9,6 @@ traceback) instead of swamping the machine, and the child's peak resident memory
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
+from conftest import REPO_ROOT, edit_config, run_cli, run_cli_limited, tiny_train_config, write_gzip_bomb, write_idx_folder
 from genlab import MODELS, fit, load_run
 from genlab.data import TRAIN_IMAGES, read_idx
 from genlab.errors import DataError, RunFolderError
@@ -56,12 +55,6 @@ def finished_vae(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture
 def someones_run(finished_vae, tmp_path) -> Path:
     return Path(shutil.copytree(finished_vae, tmp_path / "received" / "vae"))
-
-
-def edit_config(run_dir: Path, section: str, **values) -> None:
-    info = json.loads((run_dir / CONFIG_FILE).read_text())
-    info[section].update(values)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(info))
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ FID, precision / recall and the class histogram of generated digits (`genlab.eva
 feature network that knows what digits look like; ImageNet's Inception knows little about
 28×28 strokes, so genlab ships its own small CNN, trained on the *training* digits only:
 
-    genlab classifier train --seed 0        # rebuilds src/genlab/assets/mnist_classifier.*
-    genlab classifier test                  # accuracy of the shipped weights on the test split
+    genlab classifier train --seed 0 -o clf.safetensors   # trains one into clf.safetensors (+ clf.json)
+    genlab classifier train --seed 0 --replace-shipped    # rebuilds src/genlab/assets/mnist_classifier.*
+    genlab classifier test                                # accuracy of the shipped weights on the test split
 
 The weights live in the package as `assets/mnist_classifier.safetensors` (about 400 kB), with a
 JSON beside them saying how they were made (command, seed, data hash, accuracies). The
@@ -42,6 +43,9 @@ ASSET_NAME = "mnist_classifier"
 FEATURE_DIM = 128  # width of the penultimate layer: the feature space of FID / precision / recall
 # Mean and std of MNIST pixels in [0, 1]; the network standardises its input with them.
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081
+# Where `genlab classifier train` writes without -o: the current folder, never the shipped file
+# (replacing that changes every later FID, so it takes --replace-shipped).
+DEFAULT_OUT = f"{ASSET_NAME}.safetensors"
 
 
 def default_path() -> Path:
@@ -98,7 +102,7 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
     key = (str(path.resolve()), str(device))
     if key in _LOADED:
         return _LOADED[key]
-    fix = "reinstall genlab or rebuild it with `genlab classifier train`"
+    fix = "reinstall genlab or rebuild it with `genlab classifier train --replace-shipped`"
     if not path.is_file():
         raise GenlabError(f"the MNIST classifier weights {path} are missing: {fix}")
     try:
@@ -187,21 +191,34 @@ def augment(x: torch.Tensor, config: ClassifierConfig, generator: torch.Generato
 def train_classifier(
     config: ClassifierConfig | None = None,
     data: DataBundle | None = None,
-    out: str | Path | None = None,
+    out: str | Path = DEFAULT_OUT,
     log: Callable[[str], None] = print,
     command: str = "",
+    replace_shipped: bool = False,
 ) -> dict:
-    """Train on the training split only (minus a validation share), save weights + provenance.
+    """Train on the training split only (minus a validation share), save weights + provenance
+    to `out` (and its .json). The shipped weights (`default_path()`) are written over only with
+    `replace_shipped=True`: every FID measured so far was measured through them.
 
     On CPU with the same seed and thread count the weights come out bitwise the same. Returns
     the provenance dict that is also written beside the weights as JSON.
     """
     config = config or ClassifierConfig()
     config.validate()
-    data = data if data is not None else load_dataset("mnist")
-    out = Path(out) if out is not None else default_path()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise GenlabError(f"-o {out}: the weights file name must end in .safetensors (its provenance goes beside it as .json)")
+    shipped = _same_file(out, default_path())
+    if shipped and not replace_shipped:
+        raise GenlabError(
+            f"{out} is the classifier shipped with genlab, behind every FID measured so far: "
+            "write elsewhere with -o PATH, or replace it on purpose with --replace-shipped"
+        )
+    if replace_shipped and not shipped:
+        raise GenlabError(f"--replace-shipped writes {default_path()}, not {out}")
     if not out.parent.is_dir():
         raise GenlabError(f"cannot write {out}: folder {out.parent} does not exist")
+    data = data if data is not None else load_dataset("mnist")
 
     x_all, y_all = data.tensors("train")
     if config.val_fraction > 0:
@@ -235,6 +252,14 @@ def train_classifier(
     _LOADED.clear()  # a rebuilt file must not be shadowed by a cached copy
     log(f"classifier: test accuracy {made['test_accuracy']:.4f} on {made['test_data']['n_test']} test digits; wrote {out}")
     return made
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, `..`, another spelling of the folder)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def _train_epoch(model, opt, schedule, x, y, config: ClassifierConfig, gen) -> float:

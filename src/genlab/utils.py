@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,10 +31,14 @@ def pick_device(requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(requested)
-    except RuntimeError:
-        raise GenlabError(f"unknown device '{requested}': use auto, cpu, cuda or mps") from None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # torch knows more (meta, xla...); genlab trains on these
+        raise GenlabError(f"unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenlabError(f"device '{requested}' asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GenlabError(f"device '{requested}' asked for, but this machine has {torch.cuda.device_count()} CUDA device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise GenlabError(f"device '{requested}' asked for, but Apple MPS is not available here; use --device cpu")
     return device
@@ -59,9 +64,11 @@ def release_freed_memory() -> None:
     """Hand the memory that glibc's malloc keeps after frees back to the system (elsewhere: nothing).
     After a bf16 training run, the evaluation that followed in the same process could not reuse
     those scattered pieces and nearly doubled the peak (benchmarks/README.md, "What the lab's evaluation costs")."""
+    if not sys.platform.startswith("linux"):  # macOS, Windows: their allocators trim on their own
+        return
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator does its own trimming
+    except (OSError, AttributeError):  # not glibc (musl): its allocator does its own trimming
         pass
 
 

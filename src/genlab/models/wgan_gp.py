@@ -62,10 +62,14 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
     """E[(‖∇_x̂ D(x̂)‖₂ − 1)²] on x̂ = ε·real + (1 − ε)·fake, one ε per example: eps (B,).
 
     `create_graph=True` keeps the gradient differentiable, so the penalty trains the critic.
+    Always in float32, also under bf16/fp16 autocast: the input gradient is not under fp16's
+    loss scaler (torch's AMP notes scale it by hand), so in fp16 its small entries would flush to
+    zero, and in bf16 a norm near 1 has only 3 significant digits for the penalty to pull on.
     """
     eps = eps.view(-1, *([1] * (real.dim() - 1)))  # (B, 1, 1, 1): broadcast over the pixels
-    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)  # (B, 1, 28, 28)
+    x_hat = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+    with torch.autocast(x_hat.device.type, enabled=False):
+        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)  # (B, 1, 28, 28)
     # The tiny constant keeps the norm differentiable where a gradient is exactly zero.
     norm = (grad.flatten(1).pow(2).sum(1) + 1e-12).sqrt()  # (B,)
     return (norm - 1).pow(2).mean()
