@@ -244,7 +244,7 @@ def test_training_defaults_follow_the_model_config():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_loop_step_changes_every_phase(name, tmp_path, tiny_bundle, monkeypatch):
-    """One batch of `fit` (requires_grad switching, an optimizer per phase): every weight of
+    """One batch of `fit` (each phase backpropagated into its own weights, an optimizer per phase): every weight of
     every phase moves."""
     import genlab.train as train_module
 

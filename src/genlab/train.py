@@ -123,7 +123,6 @@ class Training:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    phase_params: dict[str, set[int]]  # ids of the parameters each phase's optimizer owns
     shuffle_gen: torch.Generator
     epoch_start_shuffle: torch.Tensor  # the shuffle RNG state at the current epoch's start
     state: LoopState
@@ -228,10 +227,9 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     optimizers = _optimizers(model, cfg, device)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None  # from the initial weights, before DDP wraps the model
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
-    phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
     t = Training(
-        run_dir, cfg, model, optimizers, _loss_fn(model, cfg, phase_params, ranks, device),
-        x_train, y_train, x_test, y_test, phase_params, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
+        run_dir, cfg, model, optimizers, _loss_fn(model, cfg, ranks, device),
+        x_train, y_train, x_test, y_test, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
         ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None}, ema=ema,
     )
     if ranks.rank > 0:  # each rank its own noise; rank 0 keeps the stream one process would draw
@@ -245,11 +243,12 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     return t
 
 
-def _loss_fn(model: GenerativeModel, cfg: TrainConfig, phase_params: dict[str, set[int]], ranks: distributed.Ranks, device: torch.device) -> Callable:
+def _loss_fn(model: GenerativeModel, cfg: TrainConfig, ranks: distributed.Ranks, device: torch.device) -> Callable:
     """model.loss with its wrappers, in the one place they go: torch.compile if asked, and
     across processes one DDP wrapper per phase (genlab.distributed), built on every rank at once."""
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     if ranks.distributed:
+        phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
         loss_fn = distributed.phase_loss_fns(model, phase_params, loss_fn, ranks, device)
     return loss_fn
 
@@ -351,9 +350,6 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
             group["lr"] = lr
     cache: dict = {}
     for phase in model.phases:
-        if len(model.phases) > 1:  # no gradients for the other players' weights
-            for p in model.parameters():
-                p.requires_grad_(id(p) in t.phase_params[phase])
         with forward_context(t.cfg.precision, t.device):  # autocast for bf16/fp16; backward and step outside it
             out = t.loss_fn(xb, yb, phase, cache)
         _backward_step(t, phase, out.loss if weight == 1 else out.loss * weight, step)
@@ -372,11 +368,14 @@ def _backward_step(t: Training, phase: str, loss: torch.Tensor, step: int) -> No
     """Backward pass and the phase's optimizer step; under fp16 through its gradient scaler."""
     optimizer, scaler = t.optimizers[phase], t.scalers.get(phase)
     optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler else loss).backward()
+    # Gradients of this phase's own parameters only (the phase contract, models/base.py): the
+    # other players' weights get none, and a graph through them may be left for a later phase.
+    own = [p for group in optimizer.param_groups for p in group["params"]]
+    (scaler.scale(loss) if scaler else loss).backward(inputs=own)
     if t.cfg.grad_clip > 0:
         if scaler:
             scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(t.model.phase_parameters(phase), t.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(own, t.cfg.grad_clip)
         if scaler is None:  # an fp16 overflow is the scaler's to skip, not a divergence
             t.recent.append((step, grad_norm.detach()))
     if scaler:

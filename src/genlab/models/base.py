@@ -4,8 +4,18 @@ what it can do.
 The training loop (`genlab.train`) never asks which model it trains. Per batch it walks the
 model's `phases` in order; for each phase it calls `model.loss(x, y, phase, cache)`, steps the
 optimizer that owns that phase's parameters, and logs what the model returned. An AE or VAE has
-one phase; a GAN has two ("discriminator" then "generator"), sharing a per-batch `cache` so the
-generator's fake batch is made once (detached for the discriminator step, as in DCGAN).
+one phase; a GAN has two ("discriminator" then "generator").
+
+The phase contract, for every model: every parameter requires grad in every phase, and the
+loop backpropagates a phase's loss into that phase's own parameters only (`phase_parameters`,
+through autograd's `inputs`), after which only they step. `cache` is one dict per batch, shared
+by its phases in order; what a phase leaves there, graph included, a later phase may use. So a
+GAN runs G once per batch: D's phase makes the fake batch with G's graph, detaches it for its
+own loss and leaves it in `cache`; G's phase judges it with the D just updated and
+backpropagates through D into G (as pytorch/examples' dcgan/main.py). A phase that needs no
+graph through other players' weights says so itself (`torch.no_grad()`, `.detach()`). Nothing
+between the two phases may change in place a tensor that graph saved (a second forward through
+G's batch norm would: its running statistics).
 
 Everything else (evaluation, figures, the CLI, the explorer) reads the capability flags below and
 calls the methods they promise, with one signature each: labels are always the keyword `labels`,

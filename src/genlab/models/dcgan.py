@@ -1,8 +1,9 @@
 """Deep convolutional GAN (Radford, Metz & Chintala 2016, https://arxiv.org/abs/1511.06434),
 sized for 28×28 digits on a small CPU.
 
-The same game as `gan.py` (non-saturating generator loss, a detached fake batch for the
-discriminator step), with DCGAN's architecture and stabilisers:
+The same game as `gan.py` (non-saturating generator loss; one fake batch per training batch,
+made with G's graph in D's phase, detached for D's loss and reused for G's), with DCGAN's
+architecture and stabilisers:
   - generator: z -> linear -> (2c, 7, 7) -> transposed convolutions -> (1, 28, 28), batch norm
     and ReLU after every hidden layer (`blocks.conv_decoder(batch_norm=True)`);
   - discriminator: strided convolutions with leaky ReLU(0.2);
@@ -123,21 +124,21 @@ class DCGAN(ConvGAN):
         super().__init__(config, d_norm=norm, d_dropout=config.d_dropout, max_shift=config.translate)
 
     def loss(self, x, y, phase, cache) -> LossOutput:
-        if "z" not in cache:  # one noise batch per training batch, shared by both phases
+        if "z" not in cache:  # one noise batch per training batch
             cache["z"] = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
         return self._game_loss(x, y if self.conditional else None, phase, cache)  # CGAN: fakes of the real batch's digits
 
     def _game_loss(self, x, labels, phase, cache) -> LossOutput:
-        """One phase of the game on real images x and the fakes G(cache["z"]), both judged
-        with `labels` (None: unconditional)."""
+        """One phase of the game on real images x and the fakes G(cache["z"]), both judged with
+        `labels` (None: unconditional). D's phase makes the fakes, G's one pass of the batch,
+        and keeps them with G's graph in `cache`; G's phase backpropagates through them."""
         if phase == "discriminator":
-            with torch.no_grad():
-                fake = self.decode(cache["z"], labels=labels)
+            cache["fake"] = self.decode(cache["z"], labels=labels)
             logs = discriminator_loss(
-                self.critic(self.augment(x), labels), self.critic(self.augment(fake), labels), self.config.label_smoothing
+                self.critic(self.augment(x), labels), self.critic(self.augment(cache["fake"].detach()), labels), self.config.label_smoothing
             )
             return LossOutput(loss=logs["d_loss"], logs=logs)
-        g_loss = generator_loss(self.critic(self.augment(self.decode(cache["z"], labels=labels)), labels))  # −log D(G(z))
+        g_loss = generator_loss(self.critic(self.augment(cache["fake"]), labels))  # −log D(G(z)), D as just updated
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})
 
     @torch.no_grad()
