@@ -1,5 +1,6 @@
 """The adversarial family beyond the generic contract: the DCGAN recipe and DiffAugment's
-translation, and WGAN-GP's gradient penalty against hand computations."""
+translation, WGAN-GP's gradient penalty against hand computations, and one generator pass per
+training step (the fakes made in D's phase, reused by G's)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import QUIET, fit_killed_after, image_batch, tiny_train_config
 from conftest import SMALL_CONV as SMALL
-from conftest import image_batch
+from genlab import MODELS
 from genlab.errors import GenlabError
 from genlab.models.dcgan import DCGAN, DCGANConfig
+from genlab.models.losses import generator_loss
 from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
 
 
@@ -142,3 +145,52 @@ def test_wgan_eval_reports_the_penalty_under_inference_mode():
         logs = model.eval_losses(x, y)
     assert set(logs) == {"critic_loss", "wasserstein", "gp", "g_loss"}
     assert all(torch.isfinite(v) for v in logs.values()) and float(logs["gp"]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# One generator pass per training step
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gan", "dcgan", "cgan", "scgan", "wgan_gp"])
+def test_a_loop_step_runs_the_generator_once_with_its_graph(name, tmp_path, tiny_bundle, monkeypatch):
+    import genlab.train as train_module
+
+    calls: list[bool] = []  # one entry per forward of G: whether it kept a graph
+    original = train_module.build_model
+
+    def build_and_watch(*args):
+        model = original(*args)
+        model.generator.register_forward_hook(lambda module, inputs, output: calls.append(output.requires_grad))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_and_watch)
+    small = {"gan": dict(hidden_dims=(32,))}.get(name, SMALL)
+    fit_killed_after(1, tiny_train_config(name, ema=0.0), MODELS[name].config_class(**small), tmp_path / name, data=tiny_bundle, **QUIET)
+    critic_steps = 5 if name == "wgan_gp" else 1  # WGAN-GP: the earlier critic steps' fakes need no graph
+    assert calls == [False] * (critic_steps - 1) + [True]
+
+
+def test_the_generator_step_reuses_the_fakes_and_reads_the_updated_discriminator():
+    torch.manual_seed(0)
+    model = DCGAN(DCGANConfig(d_dropout=0.0, translate=0, **SMALL)).train()  # D deterministic
+    x, y = image_batch(16)
+    d_params, g_params = model.phase_parameters("discriminator"), model.phase_parameters("generator")
+    cache: dict = {}
+    d_loss = model.loss(x, y, "discriminator", cache).loss
+    assert all(g is None for g in torch.autograd.grad(d_loss, g_params, retain_graph=True, allow_unused=True))  # fakes detached for D
+    d_loss.backward(inputs=d_params)
+    with torch.no_grad():
+        before_d_step = generator_loss(model.critic(cache["fake"]))
+    torch.optim.SGD(d_params, lr=1.0).step()  # D's step, a large one
+    g_loss = model.loss(x, y, "generator", cache).loss
+    g_loss.backward(inputs=g_params)
+    reused = [p.grad.clone() for p in g_params]
+    # As if G ran again (the old second pass): the same loss and gradients, with the D after its step.
+    for p in g_params:
+        p.grad = None
+    fresh = generator_loss(model.critic(model.decode(cache["z"])))
+    fresh.backward(inputs=g_params)
+    assert float(g_loss.detach()) == pytest.approx(float(fresh.detach()), rel=1e-6)
+    assert float(g_loss.detach()) != pytest.approx(float(before_d_step), rel=1e-3)
+    assert all(torch.allclose(a, p.grad, rtol=1e-5, atol=1e-7) for a, p in zip(reused, g_params))

@@ -4,8 +4,18 @@ what it can do.
 The training loop (`genlab.train`) never asks which model it trains. Per batch it walks the
 model's `phases` in order; for each phase it calls `model.loss(x, y, phase, cache)`, steps the
 optimizer that owns that phase's parameters, and logs what the model returned. An AE or VAE has
-one phase; a GAN has two ("discriminator" then "generator"), sharing a per-batch `cache` so the
-generator's fake batch is made once (detached for the discriminator step, as in DCGAN).
+one phase; a GAN has two ("discriminator" then "generator").
+
+The phase contract, for every model: every parameter requires grad in every phase, and the
+loop backpropagates a phase's loss into that phase's own parameters only (`phase_parameters`,
+through autograd's `inputs`), after which only they step. `cache` is one dict per batch, shared
+by its phases in order; what a phase leaves there, graph included, a later phase may use. So a
+GAN runs G once per batch: D's phase makes the fake batch with G's graph, detaches it for its
+own loss and leaves it in `cache`; G's phase judges it with the D just updated and
+backpropagates through D into G (as pytorch/examples' dcgan/main.py). A phase that needs no
+graph through other players' weights says so itself (`torch.no_grad()`, `.detach()`). Nothing
+between the two phases may change in place a tensor that graph saved (a second forward through
+G's batch norm would: its running statistics).
 
 Everything else (evaluation, figures, the CLI, the explorer) reads the capability flags below and
 calls the methods they promise, with one signature each: labels are always the keyword `labels`,
@@ -64,9 +74,12 @@ class GenerativeModel(nn.Module):
     @classmethod
     def defaults(cls, config: ModelConfig) -> dict:
         """Every default of a run that may depend on the model's config, in one place: the loop's
-        `epochs`, `batch_size` and `lr`, and any model-config field left None (the autoencoders'
-        `activation`). Filled in once when a run starts (`train.resolve_configs`) and written to
-        config.json, so a run folder records what it trained with."""
+        `epochs`, `batch_size` and `lr`, any other TrainConfig field left None that the model
+        wants set its own way (`ema`, `lr_schedule`, `warmup_steps`: SCGAN's `ema`; what a model
+        leaves unstated comes from `config.LOOP_DEFAULTS`), and any model-config field left None
+        (the autoencoders' `activation`). Filled in once when a run starts
+        (`train.resolve_configs`) and written to config.json, so a run folder records what it
+        trained with."""
         return {"epochs": 20, "batch_size": 128, "lr": 1e-3}
 
     @classmethod
@@ -90,10 +103,6 @@ class GenerativeModel(nn.Module):
         """Called by the loop once before training (and again on resume) with all the training
         images, on the model's device. Most models need nothing; the AE and VAE build their
         neighbour graph here when `neighbor_weight` > 0 (models/neighbors.py)."""
-
-    def end_step(self, phase: str) -> None:
-        """Called by the loop after each optimizer step of `phase`, on every process alike. Most
-        models need nothing; a conv GAN with `g_ema` moves its average of G here."""
 
     @torch.no_grad()
     def eval_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 A generator G maps noise z ~ N(0, I) to images; a discriminator D tells real from generated.
 One model, two optimizers stepping in order each batch:
-  1. discriminator: maximise log D(x) + log(1 − D(G(z))) on a fake batch made without gradient;
-  2. generator: the non-saturating loss −log D(G(z)) on the same z (strong gradients early on,
-     when D rejects every fake with confidence).
+  1. discriminator: maximise log D(x) + log(1 − D(G(z))) on a fake batch G(z), detached;
+  2. generator: the non-saturating loss −log D(G(z)) on the same fake batch, judged by the D
+     just updated (strong gradients early on, when D rejects every fake with confidence).
+G runs once per batch: its fake batch is made with its graph in D's phase and kept in the
+phases' `cache`, so G's phase backpropagates through it (as pytorch/examples' dcgan/main.py).
 Logged: d_loss, g_loss, D(x) = mean D on real digits, D(G(z)) = mean D on fakes. At the game's
 equilibrium D(x) ≈ D(G(z)) ≈ 0.5; the two losses oscillate rather than fall, which is normal.
 """
@@ -91,12 +93,9 @@ class GAN(GenerativeModel):
         return []
 
     def loss(self, x, y, phase, cache) -> LossOutput:
-        if "z" not in cache:
-            cache["z"] = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        if phase == "discriminator":
-            with torch.no_grad():
-                fake = self.decode(cache["z"])
-            logs = discriminator_loss(self.critic(x), self.critic(fake), self.config.label_smoothing)
+        if phase == "discriminator":  # G's one pass of the batch: the fakes keep its graph for G's phase
+            cache["fake"] = self.decode(torch.randn(x.shape[0], self.config.latent_dim, device=x.device))
+            logs = discriminator_loss(self.critic(x), self.critic(cache["fake"].detach()), self.config.label_smoothing)
             return LossOutput(loss=logs["d_loss"], logs=logs)
-        g_loss = generator_loss(self.critic(self.decode(cache["z"])))  # −log D(G(z))
+        g_loss = generator_loss(self.critic(cache["fake"]))  # −log D(G(z)), D as just updated
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})

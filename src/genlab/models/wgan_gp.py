@@ -17,6 +17,11 @@ The training loop steps `model.phases` in order on each batch, so this model's p
 same real batch with fresh noise and fresh ε (the paper draws a new real batch per critic step;
 with one batch per loop step this keeps an epoch one pass over the data). The critic's logged
 figures are divided by `critic_steps`, so the logs hold their mean over the critic steps.
+G runs with its graph once per loop step: the last critic step's fakes are made with it and
+kept in `cache`, and the generator step backpropagates through them (judged by the critic as
+just updated); the earlier critic steps' fakes are made without a graph. The paper draws fresh
+noise for the generator step; these fakes' noise is just as independent of G, and reusing the
+fakes the critic last saw is what DCGAN does with its one D step (`dcgan.py`).
 The critic's W estimate is the figure to watch: it should fall as the samples improve.
 """
 
@@ -95,11 +100,15 @@ class WGANGP(ConvGAN):
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         return super().phase_parameters("generator" if phase == "generator" else "discriminator")
 
-    def _critic_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The critic's loss −W + λ·GP, the W estimate and the penalty, on fresh noise and ε."""
-        z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        with torch.no_grad():
-            fake = self.decode(z)
+    def _fakes(self, n: int, device: torch.device, with_graph: bool) -> torch.Tensor:
+        """n fakes from fresh noise; with G's graph only when a generator step will use them."""
+        z = torch.randn(n, self.config.latent_dim, device=device)
+        with torch.set_grad_enabled(with_graph and torch.is_grad_enabled()):
+            return self.decode(z)
+
+    def _critic_terms(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The critic's loss −W + λ·GP, the W estimate and the penalty, on these fakes and fresh ε."""
+        fake = fake.detach()
         wasserstein = self.critic(x).float().mean() - self.critic(fake).float().mean()
         eps = torch.rand(x.shape[0], device=x.device)  # one interpolation coefficient per example
         gp = gradient_penalty(self.critic, x, fake, eps)
@@ -107,12 +116,16 @@ class WGANGP(ConvGAN):
 
     def loss(self, x, y, phase, cache) -> LossOutput:
         if phase == "critic":
-            loss, wasserstein, gp = self._critic_terms(x)  # fresh noise and ε at every critic step
+            cache["critic_steps"] = cache.get("critic_steps", 0) + 1
+            last = cache["critic_steps"] == self.config.critic_steps  # its fakes are the generator step's
+            fake = self._fakes(x.shape[0], x.device, with_graph=last)  # fresh noise and ε at every critic step
+            if last:
+                cache["fake"] = fake
+            loss, wasserstein, gp = self._critic_terms(x, fake)
             share = 1.0 / self.config.critic_steps  # the loop sums logs over the steps: keep their mean
             logs = {"critic_loss": loss.detach() * share, "wasserstein": wasserstein.detach() * share, "gp": gp.detach() * share}
             return LossOutput(loss=loss, logs=logs)
-        z = torch.randn(x.shape[0], self.config.latent_dim, device=x.device)
-        g_loss = -self.critic(self.decode(z)).float().mean()
+        g_loss = -self.critic(cache["fake"]).float().mean()
         return LossOutput(loss=g_loss, logs={"g_loss": g_loss})
 
     def eval_losses(self, x, y) -> dict[str, torch.Tensor]:
@@ -122,7 +135,7 @@ class WGANGP(ConvGAN):
         (evaluation runs under inference mode); x is copied out of inference mode for it.
         """
         with torch.inference_mode(False), torch.enable_grad():
-            loss, wasserstein, gp = self._critic_terms(x.clone())
+            loss, wasserstein, gp = self._critic_terms(x.clone(), self._fakes(x.shape[0], x.device, with_graph=False))
         with torch.no_grad():
-            g_loss = -self.critic(self.decode(torch.randn(x.shape[0], self.config.latent_dim, device=x.device))).mean()
+            g_loss = -self.critic(self._fakes(x.shape[0], x.device, with_graph=False)).mean()
         return {"critic_loss": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach(), "g_loss": g_loss}
