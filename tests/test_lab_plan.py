@@ -41,15 +41,6 @@ def test_a_registry_name_is_an_entry_with_the_models_defaults():
         lab_entry("nope")
 
 
-@pytest.fixture
-def small_evaluation(monkeypatch):
-    """10,000 samples per run are the lab's; 200 exercise the same code."""
-    import genlab.evaluate as evaluate_module
-
-    real = evaluate_module.evaluate_run
-    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, n_samples=200)))
-
-
 def test_the_sampling_vae_is_scored_and_drawn_with_its_fitted_prior(tmp_path, small_evaluation):
     data = write_idx_folder(tmp_path / "idx")
     lines = []
