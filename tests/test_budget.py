@@ -123,3 +123,23 @@ def test_the_lab_entries_steps_are_whole_epochs_of_the_offline_digits():
         assert cfg.steps is not None and cfg.steps % per_epoch == 0, name
         if name != "vae-conv16":  # vae-conv16 trains 40 epochs, not the conv VAE's default
             assert cfg.steps // per_epoch == MODELS[entry.model].defaults(model_config)["epochs"], name
+
+
+def test_the_likelihood_bounds_score_a_fixed_first_subset_of_the_test_digits_said_in_eval_json(tmp_path, tiny_bundle):
+    from genlab import load_run
+    from genlab.evaluate import evaluate_run, format_results, importance_weighted_bounds
+    from genlab.utils import make_generator
+
+    run = load_run(fit(tiny_train_config("vae"), small_model("vae"), tmp_path / "vae", data=tiny_bundle, **QUIET), device="cpu")
+    small = dict(n_samples=300, iw_samples=8)
+    results = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=20, **small)
+    n_test = len(tiny_bundle.test_images)
+    assert results["test_digits"] == {"reconstruction": n_test, "latent": n_test, "likelihood": 20, "samples": n_test}
+    assert any(f"first 20 of the {n_test} test digits" in note for note in results["notes"])
+    assert "on the first 20 digits" in format_results(results)
+    x_test, _ = tiny_bundle.tensors("test")
+    _, _, iwae = importance_weighted_bounds(run.model, x_test[:20], 8, make_generator(1, "cpu"))  # seed + 1, as evaluate_run draws
+    assert results["metrics"]["iwae_log_px_nats"] == pytest.approx(float(iwae.mean()), abs=1e-5)
+    everything = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=0, **small)
+    assert everything["test_digits"]["likelihood"] == n_test and not any("first" in note for note in everything["notes"])
+    assert everything["metrics"]["recon_mse_per_pixel"] == results["metrics"]["recon_mse_per_pixel"]

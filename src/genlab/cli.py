@@ -24,6 +24,7 @@ from .errors import GenlabError, one_line
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
 DEFAULT_COMPONENTS = 50  # genlab.prior.DEFAULT_COMPONENTS, repeated so --help does not import torch
+IW_TEST_DIGITS = 2000  # genlab.evaluate.IW_TEST_DIGITS, likewise
 PRIOR_OPTION = dict(
     choices=("normal", "gmm"),
     default="normal",
@@ -295,7 +296,7 @@ def cmd_eval(args) -> None:
     eval_file = PRIOR_EVAL_FILE if args.prior == "gmm" else EVAL_FILE  # eval.json stays N(0, I)'s: the report reads it
     run = _open_run(args)
     prior = _fitted_prior(run, args.prior)
-    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior)
+    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior, iw_digits=args.iw_digits)
     if not args.no_save:
         write_eval(run.path, results, eval_file)
     if args.json:
@@ -459,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--n-samples", type=int, default=10000, metavar="N", help="samples for FID, precision / recall, classes (default: 10000)")
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per test digit for the IWAE bound (default: 100; papers: 5000)")
+    p.add_argument(
+        "--iw-digits", type=int, default=IW_TEST_DIGITS, metavar="N",
+        help=f"the first N test digits for the ELBO / IWAE bounds (0: all; default: {IW_TEST_DIGITS}, a bounded cost)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--prior", **PRIOR_OPTION)
