@@ -125,21 +125,27 @@ def test_the_lab_entries_steps_are_whole_epochs_of_the_offline_digits():
             assert cfg.steps // per_epoch == MODELS[entry.model].defaults(model_config)["epochs"], name
 
 
-def test_the_likelihood_bounds_score_a_fixed_first_subset_of_the_test_digits_said_in_eval_json(tmp_path, tiny_bundle):
+def test_evaluation_scores_fixed_first_subsets_and_says_so_in_eval_json(tmp_path, tiny_bundle):
+    """The likelihood bounds on the first `iw_digits` test digits, the latent k-NN and fid_floor on
+    the first `train_digits` training digits: costs that stay bounded however large the splits."""
     from genlab import load_run
     from genlab.evaluate import evaluate_run, format_results, importance_weighted_bounds
     from genlab.utils import make_generator
 
     run = load_run(fit(tiny_train_config("vae"), small_model("vae"), tmp_path / "vae", data=tiny_bundle, **QUIET), device="cpu")
     small = dict(n_samples=300, iw_samples=8)
-    results = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=20, **small)
+    results = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=20, train_digits=50, **small)
     n_test = len(tiny_bundle.test_images)
+    assert results["train_digits"] == 50 and any("first 50 of the 200 training digits" in note for note in results["notes"])
+    assert any("latents of the 50 training digits" in note for note in results["notes"])
     assert results["test_digits"] == {"reconstruction": n_test, "latent": n_test, "likelihood": 20, "samples": n_test}
     assert any(f"first 20 of the {n_test} test digits" in note for note in results["notes"])
     assert "on the first 20 digits" in format_results(results)
     x_test, _ = tiny_bundle.tensors("test")
     _, _, iwae = importance_weighted_bounds(run.model, x_test[:20], 8, make_generator(1, "cpu"))  # seed + 1, as evaluate_run draws
     assert results["metrics"]["iwae_log_px_nats"] == pytest.approx(float(iwae.mean()), abs=1e-5)
-    everything = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=0, **small)
-    assert everything["test_digits"]["likelihood"] == n_test and not any("first" in note for note in everything["notes"])
+    everything = evaluate_run(run, data=tiny_bundle, seed=0, iw_digits=0, train_digits=0, **small)
+    assert everything["test_digits"]["likelihood"] == n_test and everything["train_digits"] == 200
+    assert not any("first" in note for note in everything["notes"])
+    assert everything["metrics"]["fid_floor"] != results["metrics"]["fid_floor"]  # 200 training digits against 50
     assert everything["metrics"]["recon_mse_per_pixel"] == results["metrics"]["recon_mse_per_pixel"]

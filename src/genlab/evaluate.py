@@ -45,6 +45,10 @@ IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples):
 # about 0.7 nats (per-digit spread about 29 nats, benchmarks/README.md section 12), far below the
 # tens of nats between the lab's two VAEs; eval.json states the subset and its standard error.
 IW_TEST_DIGITS = 2000
+# The training digits the latent k-NN is fitted on and fid_floor compares with the test set: the
+# first 10,000, as many as the test set and the FID's samples (so fid_floor is a floor at the same
+# n), and a cost that does not grow with the training split (all of the offline 4,500).
+TRAIN_REFERENCE_DIGITS = 10000
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +377,7 @@ class EvalContext:
     n_samples: int
     iw_samples: int
     iw_digits: int  # the first this many test digits are scored by the likelihood bounds
+    train_digits: int  # the first this many training digits are the latent k-NN's and fid_floor's reference
     batch_size: int
     prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
     classifier: object | None
@@ -392,7 +397,7 @@ class EvalContext:
     def context(self) -> dict:
         """The fields the metric notes of metrics.py are formatted with."""
         return {
-            "n_test": len(self.x_test), "n_train": len(self.data.train_images), "n_samples": self.n_samples,
+            "n_test": len(self.x_test), "n_train": self.train_digits, "n_samples": self.n_samples,
             "iw_samples": self.iw_samples, "seed": self.seed, "likelihood_seed": self.seed + 1,
         }
 
@@ -410,7 +415,7 @@ def reconstruction_metrics(ctx: EvalContext) -> dict[str, float]:
 
 
 def latent_metrics(ctx: EvalContext) -> dict[str, float]:
-    x_train, y_train = ctx.data.tensors("train", ctx.x_test.device)
+    x_train, y_train = (t[: ctx.train_digits] for t in ctx.data.tensors("train", ctx.x_test.device))
     if ctx.run.train_config.binarize:
         x_train = fixed_binarization(x_train)
     z_train = _batched(ctx.model.encode, x_train, y_train if ctx.model.conditional else None, ctx.batch_size)
@@ -474,7 +479,7 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
         ctx.classifier_info = {"weights": default_path().name, "weights_sha256": made.get("weights_sha256"), "test_accuracy": made.get("test_accuracy")}
     feats, pred = predict(classifier, samples)
     real = reference_features(ctx.data.test_images, classifier, with_radii=True)
-    train = reference_features(ctx.data.train_images, classifier, with_radii=False)
+    train = reference_features(ctx.data.train_images[: ctx.train_digits], classifier, with_radii=False)
     values = {
         "fid": frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma),
         "fid_floor": frechet_distance(train.mu, train.sigma, real.mu, real.sigma),
@@ -508,21 +513,23 @@ def evaluate_run(
     classifier=None,
     prior=None,
     iw_digits: int = IW_TEST_DIGITS,
+    train_digits: int = TRAIN_REFERENCE_DIGITS,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
     "seconds": {group: float}, "test_digits": {group: int}, "classifier": {...}}. Same run, data and
-    seed -> the same numbers. The likelihood bounds score the first `iw_digits` test digits (0: all).
+    seed -> the same numbers. The likelihood bounds score the first `iw_digits` test digits, the
+    latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
     `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
         run = load_run(run)
     check_eval_sizes(n_samples, iw_samples)
-    if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0:
+    if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0 or train_digits < 0:
         raise GenlabError(
-            f"n_samples must be at least {PR_NEIGHBOURS + 1}, iw_samples at least 1 and iw_digits 0 (all) or more, "
-            f"got {n_samples}, {iw_samples} and {iw_digits}"
+            f"n_samples must be at least {PR_NEIGHBOURS + 1}, iw_samples at least 1, iw_digits and train_digits 0 (all) or more, "
+            f"got {n_samples}, {iw_samples}, {iw_digits} and {train_digits}"
         )
     run.model.eval()
     data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)
@@ -530,7 +537,8 @@ def evaluate_run(
     if run.train_config.binarize:  # the run learned binary pixels: score the same fixed binary test digits as its loss curves
         x_test = fixed_binarization(x_test)
     iw_digits = min(iw_digits or len(x_test), len(x_test))
-    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, batch_size, prior, classifier)
+    train_digits = min(train_digits or len(data.train_images), len(data.train_images))
+    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, train_digits, batch_size, prior, classifier)
     trained_on = other_training_data(run.info, data)
     if trained_on:
         ctx.warnings.append(
@@ -546,6 +554,11 @@ def evaluate_run(
             metrics.update(measure(ctx))
             seconds[group] = round(time.perf_counter() - t, 3)
             test_digits[group] = ctx.test_digits(group)
+    if train_digits < len(data.train_images) and {"latent", "samples"} & seconds.keys():
+        ctx.notes.append(
+            f"knn{KNN_NEIGHBOURS}_accuracy and fid_floor use the first {train_digits} of the {len(data.train_images)} training digits "
+            "(as many as the test digits and samples: a cost that does not grow with the training split)."
+        )
     if prior is not None:
         ctx.notes.append(
             f"Prior: the Gaussian mixture of {prior.components} components fitted to the training codes (prior.safetensors, "
@@ -564,6 +577,7 @@ def evaluate_run(
         "warnings": ctx.warnings,
         "seconds": seconds,
         "test_digits": test_digits,  # the first N test digits each group scored (samples: against all of them)
+        "train_digits": train_digits,  # the first N training digits: the latent k-NN's reference and fid_floor's
         "classifier": ctx.classifier_info,
     }
 

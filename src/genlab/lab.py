@@ -162,7 +162,8 @@ def run_lab(
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
     on = pick_device(device)
-    gpus = torch.cuda.device_count() if on.type == "cuda" and on.index is None else 0
+    # Accelerators to give each a worker: every CUDA device for "cuda"/"auto", else the one named.
+    gpus = (torch.cuda.device_count() if on.index is None else 1) if on.type == "cuda" else int(on.type == "mps")
     workers, threads = plan_workers(usable_cores(), gpus, len(entries), workers, threads)
     # Every entry's configs, built (and so checked) before anything is written.
     configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, on), steps) for e in entries}
@@ -187,12 +188,13 @@ def run_lab(
                     shown = (lambda p, name=name: board.update(name, p)) if progress else False
                     board.finish(name, _run_entry(*job, data=data, progress=shown, log=board.message))
         else:
-            _run_in_workers(jobs, workers, threads, gpus, progress, board)
+            _run_in_workers(jobs, workers, threads, gpus if on.type == "cuda" and on.index is None else 0, progress, board)
         return write_report(out_dir, models=[e.name for e in entries])
 
 
 def _run_in_workers(jobs: list[tuple], workers: int, threads: int, gpus: int, progress: bool, board: LiveBoard) -> None:
-    """The entries' jobs in `workers` processes, their progress and lines shown on `board` as they come."""
+    """The entries' jobs in `workers` processes, their progress and lines shown on `board` as they
+    come; with `gpus` > 1 each worker is pinned to one of that many CUDA devices."""
     # Longest first, so the short runs fill in beside them. A fresh process per entry: memory an
     # entry's training and evaluation held goes back to the system, rather than staying with a
     # worker that runs the next one.
@@ -200,7 +202,7 @@ def _run_in_workers(jobs: list[tuple], workers: int, threads: int, gpus: int, pr
     context = get_context("spawn")
     events = context.Queue()  # (kind, entry, payload) from the workers: "log", "progress", "done"
     gpu_slots = None
-    if gpus > 0:  # each worker takes one GPU and gives it back when its entry is done
+    if gpus > 1:  # each worker takes one GPU and gives it back when its entry is done
         gpu_slots = context.Queue()
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         for gpu in visible.split(",")[:gpus] if visible else range(gpus):
@@ -320,6 +322,7 @@ def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, da
     """Train (or reuse) one entry with its configs (`entry_configs`), draw its figures, measure
     it; logs through `log`, `progress` as `fit`'s. Returns its headline (its measured figures)."""
     from . import plots
+    from .evaluate import TRAIN_REFERENCE_DIGITS
     from .prior import fit_run_prior
 
     if data is None:
@@ -334,9 +337,9 @@ def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, da
         release_freed_memory()
     run = load_run(run_dir, device=train_config.device)
     prior = None
-    if entry.fit_prior:
+    if entry.fit_prior:  # on the evaluation's training digits: a cost that does not grow with the training split
         x_train, _ = data.tensors("train", run.device)
-        prior, _, _ = fit_run_prior(run, x_train, seed=seed, data_sha256=data.sha256)
+        prior, _, _ = fit_run_prior(run, x_train[:TRAIN_REFERENCE_DIGITS], seed=seed, data_sha256=data.sha256)
     plots.make_figures(run, data, seed=seed, prior=prior)
     return _evaluate(run, data, seed, prior)
 
