@@ -51,9 +51,9 @@ from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
-from .progress import Progress
 from .models import GenerativeModel, get_model_class
 from .precision import check_precision, forward_context, grad_scaler
+from .progress import Progress
 from .runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -309,7 +309,7 @@ def _epoch_order(t: Training) -> torch.Tensor:
     return torch.randperm(len(t.x_train), generator=t.shuffle_gen).to(t.device)
 
 
-def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bool:
+def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool | Callable[[Progress], None]) -> bool:
     """The rest of the current epoch's batches; False if a test's kill point was reached."""
     cfg, state = t.cfg, t.state
     order = _epoch_order(t)
