@@ -259,6 +259,15 @@ def assert_one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
     return lines[0]
 
 
+@pytest.fixture
+def small_evaluation(monkeypatch):
+    """10,000 samples per run are the lab's; 200 exercise the same code."""
+    import genlab.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate_run
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, n_samples=200)))
+
+
 @pytest.fixture(scope="session")
 def tiny_cli_runs(tmp_path_factory, session_data_dir) -> dict[str, tuple[Path, tuple[int, str, str]]]:
     """name -> (run folder, (status, stdout, stderr) of `genlab train NAME --epochs 1 ...`) for

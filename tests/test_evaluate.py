@@ -406,3 +406,10 @@ def test_evaluating_on_other_data_than_training_warns(tiny_runs, tiny_bundle):
     fewer = DataBundle(**{**tiny_bundle.__dict__, "test_images": tiny_bundle.test_images[:50], "test_labels": tiny_bundle.test_labels[:50]})
     warnings = evaluate_run(run, data=fewer, seed=0, **SMALL)["warnings"]
     assert any("other data" in w and "--data" in w for w in warnings)
+
+
+def test_the_clis_iw_digits_default_is_the_librarys():
+    import genlab.cli as genlab_cli
+    from genlab.evaluate import IW_TEST_DIGITS
+
+    assert genlab_cli.IW_TEST_DIGITS == IW_TEST_DIGITS

@@ -45,6 +45,14 @@ def test_prepare_training_keeps_centres_and_shares_in_the_weights():
     assert torch.equal(again.centres, model.centres)
 
 
+def test_centres_come_from_the_first_kmeans_digits_and_the_shares_from_all(monkeypatch):
+    monkeypatch.setattr("genlab.models.scgan.KMEANS_DIGITS", 20)
+    model, x = _trained_clusters(n=40)
+    assert torch.equal(model.centres, kmeans(x[:20].flatten(1), 4))  # a bounded cost on a large training split
+    counts = torch.bincount(nearest(x.flatten(1), model.centres), minlength=4).float()
+    assert torch.allclose(model.cum_share, counts.cumsum(0) / counts.sum())
+
+
 def test_noise_alone_draws_each_cluster_as_often_as_the_data_has_it():
     model = SCGAN(SCGANConfig(clusters=3, **SMALL))
     model.cum_share.copy_(torch.tensor([0.2, 0.5, 1.0]))

@@ -175,3 +175,14 @@ def test_term_separates_2d_codes_of_real_digits(mnist_dir):
         with torch.no_grad():
             accuracy[weight] = knn_accuracy(model.encode(x), y, model.encode(x_held), y_held)
     assert accuracy[0.3] > accuracy[0.0] + 0.1, accuracy
+
+
+def test_the_graph_links_only_the_first_graph_digits_so_its_cost_is_bounded(monkeypatch):
+    monkeypatch.setattr("genlab.models.neighbors.GRAPH_DIGITS", 20)
+    x = _digits(40)
+    embedding = NeighborEmbedding(x, k=3, pairs=16)
+    assert embedding.graph.shape == (20, 3) and torch.equal(embedding.graph, neighbor_graph(x[:20], k=3))
+    seen: list[torch.Tensor] = []
+    embedding.loss(lambda images: seen.append(images) or images.flatten(1)[:, :2])
+    later = {tuple(image.flatten().tolist()) for image in x[20:]}
+    assert not any(tuple(image.flatten().tolist()) in later for batch in seen for image in batch)

@@ -25,6 +25,7 @@ from .errors import GenlabError, one_line
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
 DEFAULT_COMPONENTS = 50  # genlab.prior.DEFAULT_COMPONENTS, repeated so --help does not import torch
+IW_TEST_DIGITS = 2000  # genlab.evaluate.IW_TEST_DIGITS, likewise
 PRIOR_OPTION = dict(
     choices=("normal", "gmm"),
     default="normal",
@@ -108,6 +109,7 @@ def cmd_train(args) -> None:
     from .train import fit
 
     model_cls = get_model_class(args.model)
+    _use_threads(args.threads)
     train_config = dataclass_from_args(TrainConfig, args, TrainConfig(model=args.model))
     model_config = dataclass_from_args(model_cls.config_class, args)
     out = Path(args.out or f"runs/{args.model}")
@@ -132,11 +134,30 @@ def cmd_resume(args) -> None:
     from .train import fit
 
     read_config(Path(args.run_dir))  # a run folder with a valid config, or one clear error
-    run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet, device=args.device)
+    _use_threads(args.threads)
+    budget = TrainConfig(epochs=args.epochs, steps=args.steps)
+    budget.validate()  # not both
+    run_dir = fit(budget, None, Path(args.run_dir), resume=True, progress=not args.quiet, device=args.device)
     if env_rank() > 0:
         return
     plots.make_figures(load_run(run_dir))
     print(f"done: {run_dir}")
+
+
+def _use_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process: `threads`, else OMP_NUM_THREADS where the
+    environment sets it (torchrun does), else every core it may use (under torchrun, its share)."""
+    import os
+
+    import torch
+
+    from .utils import usable_cores
+
+    if threads is not None and threads < 1:
+        raise GenlabError(f"threads must be at least 1, got {threads}")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    default = int(omp) if omp.isdigit() and int(omp) > 0 else usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, threads or default))
 
 
 def _open_run(args):
@@ -242,6 +263,7 @@ def cmd_lab(args) -> None:
         Path(args.out),
         models=models,
         epochs=args.epochs,
+        steps=args.steps,
         seed=args.seed,
         data_dir=args.data,
         device=args.device,
@@ -250,6 +272,7 @@ def cmd_lab(args) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         workers=args.workers,
+        threads=args.threads,
     )
     print(f"report: {report}")
 
@@ -275,7 +298,7 @@ def cmd_eval(args) -> None:
     eval_file = PRIOR_EVAL_FILE if args.prior == "gmm" else EVAL_FILE  # eval.json stays N(0, I)'s: the report reads it
     run = _open_run(args)
     prior = _fitted_prior(run, args.prior)
-    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior)
+    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior, iw_digits=args.iw_digits)
     if not args.no_save:
         write_eval(run.path, results, eval_file)
     if args.json:
@@ -356,12 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-figures", action="store_true", help="skip writing figures at the end")
+        p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
         p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("resume", help="continue a run folder from its last checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, help="train to this many epochs in all (default: as configured)")
     p.add_argument("--device", help="continue on this device: auto, cpu, cuda, cuda:N, mps (default: the run's own, from config.json)")
+    p.add_argument("--steps", type=int, help="train to this many optimizer steps in all, instead of epochs (default: as configured)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
@@ -400,12 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_plot)
 
-    from .lab import DEFAULT_MODELS, WORKERS as LAB_WORKERS
+    from .lab import DEFAULT_MODELS
 
     p = commands.add_parser("lab", help="the whole lab: train the models, write figures and report.html")
     p.add_argument("--out", default="lab", metavar="DIR", help="lab folder: DIR/<model>/ runs and DIR/report.html (default: lab)")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})")
-    p.add_argument("--epochs", type=int, help="epochs for every model (default: each model's lab budget)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: each entry's lab budget in steps)")
+    p.add_argument("--steps", type=int, help="optimizer steps for every model, instead of epochs (default: each entry's lab budget)")
     p.add_argument("--seed", type=int, default=0, help="seed for every model (default: 0)")
     p.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
@@ -415,11 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
     p.add_argument(
-        "--workers", type=int, default=LAB_WORKERS,
-        help=f"runs trained side by side, one thread each (1: one after another, with progress bars; default: {LAB_WORKERS})",
+        "--workers", type=int,
+        help="entries trained side by side in their own processes (1: one after another; default: one per core, up to the "
+        "number of entries; with CUDA one per GPU)",
     )
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out among the workers)")
     p.set_defaults(func=cmd_lab)
 
     p = commands.add_parser("explore", help="a live page in the browser: move through a run's latent space and see the digits")
@@ -438,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--n-samples", type=int, default=10000, metavar="N", help="samples for FID, precision / recall, classes (default: 10000)")
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per test digit for the IWAE bound (default: 100; papers: 5000)")
+    p.add_argument(
+        "--iw-digits", type=int, default=IW_TEST_DIGITS, metavar="N",
+        help=f"the first N test digits for the ELBO / IWAE bounds (0: all; default: {IW_TEST_DIGITS}, a bounded cost)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--prior", **PRIOR_OPTION)

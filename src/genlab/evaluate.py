@@ -39,6 +39,16 @@ from .utils import atomic_write_json, make_generator, weights_sha256
 EVAL_FILE = "eval.json"
 DISTANCE_CHUNK = 2048  # rows of a pairwise-distance block: 2048 × 10k floats = 80 MB
 IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples): bounds memory; larger calls are no faster
+# The IWAE bound costs K decoder passes per digit: for the lab's conv VAE, K = 100 over the 10,000
+# real test digits takes about 200 s on one core. The first 2,000 (the loss curves' subset too,
+# TrainConfig.epoch_eval_images) take a fifth of that and give the mean with a standard error of
+# about 0.7 nats (per-digit spread about 29 nats, benchmarks/README.md section 12), far below the
+# tens of nats between the lab's two VAEs; eval.json states the subset and its standard error.
+IW_TEST_DIGITS = 2000
+# The training digits the latent k-NN is fitted on and fid_floor compares with the test set: the
+# first 10,000, as many as the test set and the FID's samples (so fid_floor is a floor at the same
+# n), and a cost that does not grow with the training split (all of the offline 4,500).
+TRAIN_REFERENCE_DIGITS = 10000
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +376,8 @@ class EvalContext:
     seed: int
     n_samples: int
     iw_samples: int
+    iw_digits: int  # the first this many test digits are scored by the likelihood bounds
+    train_digits: int  # the first this many training digits are the latent k-NN's and fid_floor's reference
     batch_size: int
     prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
     classifier: object | None
@@ -385,9 +397,13 @@ class EvalContext:
     def context(self) -> dict:
         """The fields the metric notes of metrics.py are formatted with."""
         return {
-            "n_test": len(self.x_test), "n_train": len(self.data.train_images), "n_samples": self.n_samples,
+            "n_test": len(self.x_test), "n_train": self.train_digits, "n_samples": self.n_samples,
             "iw_samples": self.iw_samples, "seed": self.seed, "likelihood_seed": self.seed + 1,
         }
+
+    def test_digits(self, group: str) -> int:
+        """How many test digits (the first ones) a group of metrics scores."""
+        return self.iw_digits if group == "likelihood" else len(self.x_test)
 
 
 def reconstruction_metrics(ctx: EvalContext) -> dict[str, float]:
@@ -399,7 +415,7 @@ def reconstruction_metrics(ctx: EvalContext) -> dict[str, float]:
 
 
 def latent_metrics(ctx: EvalContext) -> dict[str, float]:
-    x_train, y_train = ctx.data.tensors("train", ctx.x_test.device)
+    x_train, y_train = (t[: ctx.train_digits] for t in ctx.data.tensors("train", ctx.x_test.device))
     if ctx.run.train_config.binarize:
         x_train = fixed_binarization(x_train)
     z_train = _batched(ctx.model.encode, x_train, y_train if ctx.model.conditional else None, ctx.batch_size)
@@ -410,9 +426,17 @@ def latent_metrics(ctx: EvalContext) -> dict[str, float]:
 def likelihood_metrics(ctx: EvalContext) -> dict[str, float]:
     device = ctx.x_test.device
     prior_log_prob = None if ctx.prior is None else ctx.prior.to(device).log_prob
+    n = ctx.iw_digits
+    labels = None if ctx.labels is None else ctx.labels[:n]
     elbo, kl, iwae = importance_weighted_bounds(
-        ctx.model, ctx.x_test, ctx.iw_samples, make_generator(ctx.seed + 1, device), ctx.labels, prior_log_prob=prior_log_prob
+        ctx.model, ctx.x_test[:n], ctx.iw_samples, make_generator(ctx.seed + 1, device), labels, prior_log_prob=prior_log_prob
     )
+    if n < len(ctx.x_test):
+        ctx.notes.append(
+            f"elbo_nats, kl_nats and iwae_log_px_nats are means over the first {n} of the {len(ctx.x_test)} test digits "
+            f"(K={ctx.iw_samples} decoder passes per digit: the bound's cost kept bounded; the mean's standard error is "
+            f"{float(iwae.std()) / math.sqrt(n):.2g} nats); genlab eval --iw-digits 0 scores them all."
+        )
     ctx.notes.append(
         "elbo_nats and iwae_log_px_nats: lower bounds on log p(x) in nats per test digit (higher is better; "
         "the negative log-likelihood is minus iwae_log_px_nats). Decoder likelihood: Bernoulli on pixels, "
@@ -455,7 +479,7 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
         ctx.classifier_info = {"weights": default_path().name, "weights_sha256": made.get("weights_sha256"), "test_accuracy": made.get("test_accuracy")}
     feats, pred = predict(classifier, samples)
     real = reference_features(ctx.data.test_images, classifier, with_radii=True)
-    train = reference_features(ctx.data.train_images, classifier, with_radii=False)
+    train = reference_features(ctx.data.train_images[: ctx.train_digits], classifier, with_radii=False)
     values = {
         "fid": frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma),
         "fid_floor": frechet_distance(train.mu, train.sigma, real.mu, real.sigma),
@@ -488,26 +512,33 @@ def evaluate_run(
     batch_size: int = 1000,
     classifier=None,
     prior=None,
+    iw_digits: int = IW_TEST_DIGITS,
+    train_digits: int = TRAIN_REFERENCE_DIGITS,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
-    "seconds": {group: float}, "classifier": {...}}. Same run, data and seed -> the same numbers.
+    "seconds": {group: float}, "test_digits": {group: int}, "classifier": {...}}. Same run, data and
+    seed -> the same numbers. The likelihood bounds score the first `iw_digits` test digits, the
+    latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
     `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
         run = load_run(run)
     check_eval_sizes(n_samples, iw_samples)
-    if n_samples <= PR_NEIGHBOURS or iw_samples < 1:
+    if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0 or train_digits < 0:
         raise GenlabError(
-            f"n_samples must be at least {PR_NEIGHBOURS + 1} and iw_samples at least 1, got {n_samples} and {iw_samples}"
+            f"n_samples must be at least {PR_NEIGHBOURS + 1}, iw_samples at least 1, iw_digits and train_digits 0 (all) or more, "
+            f"got {n_samples}, {iw_samples}, {iw_digits} and {train_digits}"
         )
     run.model.eval()
     data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)
     x_test, y_test = data.tensors("test", run.model.device)
     if run.train_config.binarize:  # the run learned binary pixels: score the same fixed binary test digits as its loss curves
         x_test = fixed_binarization(x_test)
-    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, batch_size, prior, classifier)
+    iw_digits = min(iw_digits or len(x_test), len(x_test))
+    train_digits = min(train_digits or len(data.train_images), len(data.train_images))
+    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, train_digits, batch_size, prior, classifier)
     trained_on = other_training_data(run.info, data)
     if trained_on:
         ctx.warnings.append(
@@ -516,11 +547,18 @@ def evaluate_run(
         )
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    test_digits: dict[str, int] = {}
     for group, capability, measure in GROUPS:
         if getattr(run.model, capability):  # a flag the base class declares
             t = time.perf_counter()
             metrics.update(measure(ctx))
             seconds[group] = round(time.perf_counter() - t, 3)
+            test_digits[group] = ctx.test_digits(group)
+    if train_digits < len(data.train_images) and {"latent", "samples"} & seconds.keys():
+        ctx.notes.append(
+            f"knn{KNN_NEIGHBOURS}_accuracy and fid_floor use the first {train_digits} of the {len(data.train_images)} training digits "
+            "(as many as the test digits and samples: a cost that does not grow with the training split)."
+        )
     if prior is not None:
         ctx.notes.append(
             f"Prior: the Gaussian mixture of {prior.components} components fitted to the training codes (prior.safetensors, "
@@ -538,6 +576,8 @@ def evaluate_run(
         "notes": [_split_note(data, x_test, run.train_config.binarize), *notes_for(metrics, ctx.context()), *ctx.notes],
         "warnings": ctx.warnings,
         "seconds": seconds,
+        "test_digits": test_digits,  # the first N test digits each group scored (samples: against all of them)
+        "train_digits": train_digits,  # the first N training digits: the latent k-NN's reference and fid_floor's
         "classifier": ctx.classifier_info,
     }
 
@@ -584,7 +624,8 @@ def format_results(results: dict) -> str:
     if results.get("n_samples"):
         head += f", {results['n_samples']} samples"
     if results.get("iw_samples"):
-        head += f", K={results['iw_samples']} importance samples"
+        iw_digits = results.get("test_digits", {}).get("likelihood", results["n_test"])
+        head += f", K={results['iw_samples']} importance samples" + (f" on the first {iw_digits} digits" if iw_digits < results["n_test"] else "")
     if results.get("prior", "standard normal") != "standard normal":
         head += f", prior: {results['prior']}"
     metrics = results["metrics"]
