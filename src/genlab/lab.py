@@ -84,7 +84,7 @@ def lab_entry(name: str) -> LabEntry:
     return LabEntry(name, name)
 
 
-def entry_configs(entry: LabEntry, epochs: int | None, seed: int, data_dir: str | None, device: str, precision: str = "fp32"):
+def entry_configs(entry: LabEntry, epochs: int | None, seed: int, data_dir: str | None, device: str, precision: str = "fp32", tensorboard: bool = True):
     """(TrainConfig, resolved model config) of an entry, both validated; `epochs` (the lab's
     --epochs) wins over its own; `precision` a concrete one (`lab_precision`)."""
     model_cls = get_model_class(entry.model)
@@ -96,7 +96,7 @@ def entry_configs(entry: LabEntry, epochs: int | None, seed: int, data_dir: str 
         model_config = model_cls.config_class(**model_fields)
     except TypeError as e:
         raise GenlabError(f"lab entry '{entry.name}': {e}") from None
-    train_config = TrainConfig(model=entry.model, seed=seed, data_dir=data_dir, device=device, precision=precision, **train_fields)
+    train_config = TrainConfig(model=entry.model, seed=seed, data_dir=data_dir, device=device, precision=precision, tensorboard=tensorboard, **train_fields)
     train_config.validate()
     return train_config, model_cls.resolved_config(model_config)
 
@@ -114,6 +114,7 @@ def run_lab(
     progress: bool = True,
     log: Callable[[str], None] = print,
     workers: int = WORKERS,
+    tensorboard: bool = True,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
     `workers` > 1: that many entries at a time, each in its own single-thread process. `precision`
@@ -130,7 +131,7 @@ def run_lab(
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
     # Every entry's configs, built (and so checked) before anything is written.
-    configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, pick_device(device))) for e in entries}
+    configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, pick_device(device)), tensorboard) for e in entries}
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"lab folder {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()) and not (resume or overwrite):

@@ -42,15 +42,17 @@ from typing import Callable
 import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
-from . import distributed
+from . import distributed, tracking
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
+from .modelcard import write_card
 from .models import GenerativeModel, get_model_class
 from .precision import check_precision, forward_context, grad_scaler
 from .runs import (
+    CARD_FILE,
     CHECKPOINT_FILE,
     CONFIG_FILE,
     EVAL_FILE,
@@ -58,6 +60,7 @@ from .runs import (
     METRICS_FILE,
     PRIOR_EVAL_FILE,
     PRIOR_FILE,
+    TB_DIR,
     WEIGHTS_FILE,
     build_model,
     load_state_into,
@@ -126,6 +129,7 @@ class Training:
     steps_this_call: int = 0
     ranks: distributed.Ranks = field(default_factory=distributed.Ranks)  # which process of how many (one without torchrun)
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)  # fp16 only: one gradient scaler per phase
+    sink: tracking.Sink = field(default_factory=tracking.Sink)  # TensorBoard's event files (genlab.tracking), or nothing
 
     @property
     def device(self) -> torch.device:
@@ -176,8 +180,10 @@ def fit(
             raise
         finally:
             interrupted.restore()
+            t.sink.close()
         if t.ranks.is_main:
             save_weights(t.run_dir, t.model)
+            write_card(t.run_dir)
     distributed.leave(t.ranks)
     return t.run_dir
 
@@ -227,6 +233,7 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
         log(f"resuming {run_dir} at epoch {t.state.epoch + 1}, step {t.state.step}")
     if ranks.is_main:
         _write_run_start(t, resume, overwrite, model_config, saved_info, data, lock)
+    t.sink = tracking.open_sink(t, resume, log)
     model.train()
     return t
 
@@ -300,6 +307,7 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
         at_sync = state.step % SYNC_EVERY == 0 or last
         if at_sync:
             _check_finite(t)
+            t.sink.log_steps(state.step, t.running, t.optimizers)
             if progress:
                 n = float(t.running["_n"])
                 bar.set_postfix({k: f"{float(v) / n:.4g}" for k, v in t.running.items() if k != "_n"})
@@ -408,6 +416,7 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
     if warnings:
         row["warnings"] = warnings  # shown by report.html
     t.metrics_rows.append(row)
+    t.sink.log_epoch(t, row)  # before the checkpoint: a resume from an earlier one purges it
     return row, warnings
 
 
@@ -446,9 +455,10 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunFold
         lock.acquire()  # a folder made just now (or by a writer started at the same time): before any change
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
-            for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE):
+            for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE, CARD_FILE):
                 (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / FIGURES_DIR, ignore_errors=True)
+            for folder in (FIGURES_DIR, TB_DIR):
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
         # Temporary files a killed process left mid-write: never read, safe to remove.
         for name in RUN_FILES:
             for stale in run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
