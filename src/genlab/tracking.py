@@ -145,12 +145,15 @@ class TensorBoardSink(Sink):
     def _write_embedding(self, model, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int) -> None:
         x, y = x[:PROJECTOR_DIGITS], y[:PROJECTOR_DIGITS]
         codes = model.encode(x, labels=y if model.conditional else None).float().cpu().numpy()  # (N, latent_dim)
+        if codes.shape[1] < 3:  # the Projector's PCA needs 3 columns: zeros show a 2-D code as the plane it is
+            codes = np.pad(codes, ((0, 0), (0, 3 - codes.shape[1])))
         write_projector_step(self.dir, step, epoch, codes, x, y)
 
     def close(self) -> None:
         self.writer.close()
 
 
+@torch.inference_mode()
 def epoch_images(model, x_test: torch.Tensor, y_test: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
     """The epoch's pictures as (H, W) arrays in [0, 1], dark digits on a light ground like the
     figures: "samples" from the same z every epoch (can_sample), "reconstructions" of the first
