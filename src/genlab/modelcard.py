@@ -78,8 +78,9 @@ def setting_text(value) -> str:
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#|~^])")
 _LIST_MARKER = re.compile(r"^(\d*)([.)+\-])")  # "1." "3)" "-" "+" opening a text would start a list
-# What a YAML stream may hold unescaped (YAML 1.1 printable set, as PyYAML's reader checks).
-_YAML_UNPRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What a double-quoted YAML scalar may hold unescaped: YAML 1.1's printable set (what PyYAML's
+# reader accepts) less the line breaks NEL, LS and PS, which a double-quoted scalar would fold.
+_YAML_UNPRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def md(text) -> str:
