@@ -115,16 +115,20 @@ def test_yaml_scalars_read_back_exactly():
     assert yaml.safe_load("\n".join(yaml_block(values))) == values
 
 
-def test_lab_entries_each_get_a_card_with_their_metrics(tmp_path, monkeypatch):
+def test_lab_entries_each_get_a_card_with_their_metrics_and_the_report_links_them(tmp_path, monkeypatch):
     import genlab.evaluate as evaluate_module
     from genlab.lab import run_lab
 
     real = evaluate_module.evaluate_run
     monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, n_samples=50, iw_samples=2)))
     data = write_idx_folder(tmp_path / "idx", n_train=64, n_test=20)
-    run_lab(tmp_path / "lab", ["ae", "gan"], epochs=1, data_dir=str(data), device="cpu", workers=1, **QUIET)
+    page = run_lab(tmp_path / "lab", ["ae", "gan"], epochs=1, data_dir=str(data), device="cpu", workers=1, **QUIET).read_text()
     for name in ("ae", "gan"):
         meta, body = split_card(tmp_path / "lab" / name)
         metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
         assert metrics == json.loads((tmp_path / "lab" / name / "eval.json").read_text())["metrics"]
         assert "](figures/" in body  # the lab drew the figures before the card's last update
+        assert page.count(f"<a href='{name}/README.md'>model card</a>") == 2  # in the summary and in its section
+    # each configuration as a table of what differs from the model's defaults, not a JSON line
+    assert page.count("<td>epochs</td><td>1</td>") == 2 and page.count("<td>neighbor_weight</td><td>0.3</td><td>0</td>") == 1
+    assert '"train": {' not in page
