@@ -302,3 +302,15 @@ def test_a_real_tensorboard_server_serves_the_runs_scalars_and_chromium_draws_th
             assert path.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_the_pictures_and_the_projector_spread_over_a_split_sorted_by_class():
+    import torch
+
+    from genlab.tracking import spread
+
+    y = torch.arange(10).repeat_interleave(100)  # 1,000 labels, sorted like the offline test split
+    x = torch.zeros(len(y), 1, 28, 28)
+    _, picked = spread(x, y, 16)
+    assert len(picked) == 16 and set(picked.tolist()) == set(range(10))
+    assert len(spread(x[:5], y[:5], 16)[1]) == 5  # fewer than asked: all of them

@@ -143,7 +143,7 @@ class TensorBoardSink(Sink):
         self._last_time = time.perf_counter()  # the evaluation is not training time
 
     def _write_embedding(self, model, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int) -> None:
-        x, y = x[:PROJECTOR_DIGITS], y[:PROJECTOR_DIGITS]
+        x, y = spread(x, y, PROJECTOR_DIGITS)
         codes = model.encode(x, labels=y if model.conditional else None).float().cpu().numpy()  # (N, latent_dim)
         if codes.shape[1] < 3:  # the Projector's PCA needs 3 columns: zeros show a 2-D code as the plane it is
             codes = np.pad(codes, ((0, 0), (0, 3 - codes.shape[1])))
@@ -168,13 +168,20 @@ def epoch_images(model, x_test: torch.Tensor, y_test: torch.Tensor, seed: int) -
         samples = model.sample(rows * SAMPLE_GRID, generator=gen, labels=labels)  # (rows·8, 1, 28, 28)
         images["samples"] = 1.0 - tile(samples.float().cpu().numpy(), rows, SAMPLE_GRID)
     if model.can_encode:
-        x, y = x_test[:RECON_DIGITS], y_test[:RECON_DIGITS]
+        x, y = spread(x_test, y_test, RECON_DIGITS)
         recon = model.reconstruct(x, labels=y if model.conditional else None)
         cols = SAMPLE_GRID
         pairs = [part for i in range(0, len(x), cols) for part in (x[i : i + cols], recon[i : i + cols])]
         stacked = torch.cat(pairs).float().cpu().numpy()  # (2·N, 1, 28, 28): originals, then their reconstructions
         images["reconstructions"] = 1.0 - tile(stacked, math.ceil(len(stacked) / cols), cols)
     return images
+
+
+def spread(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n test digits evenly spaced through the split (all if it has fewer): a split sorted by
+    class, like the offline one, still shows every digit."""
+    index = torch.linspace(0, len(x) - 1, min(n, len(x)), device=x.device).round().long()
+    return x[index], y[index]
 
 
 # --------------------------------------------------------------------------------------------
