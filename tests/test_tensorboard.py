@@ -314,3 +314,14 @@ def test_the_pictures_and_the_projector_spread_over_a_split_sorted_by_class():
     _, picked = spread(x, y, 16)
     assert len(picked) == 16 and set(picked.tolist()) == set(range(10))
     assert len(spread(x[:5], y[:5], 16)[1]) == 5  # fewer than asked: all of them
+
+
+def test_lab_no_tensorboard_reaches_every_entrys_config(monkeypatch, tmp_path):
+    import genlab.lab as lab
+
+    seen = {}
+    monkeypatch.setattr(lab, "run_lab", lambda out, **kwargs: seen.update(kwargs) or out / "report.html")
+    assert run_cli("lab", "--out", tmp_path / "lab", "--no-tensorboard")[0] == 0
+    assert seen["tensorboard"] is False
+    train_config, _ = lab.entry_configs(lab.lab_entry("gan"), 1, 0, None, "cpu", "fp32", tensorboard=False)
+    assert train_config.tensorboard is False
