@@ -281,7 +281,14 @@ def _evaluation(run_dir: Path, evaluations: list[tuple[str, dict]]) -> list[str]
             f"{results.get('n_test', '?')} test digits, {results.get('n_samples', 0)} samples, prior: {md(prior)}.",
             "",
         ]
-        rows = [(md(k), _number(v), md(direction(k) or ("a description, not a score" if k in BY_NAME else ""))) for k, v in results["metrics"].items()]
+        metrics = results["metrics"]
+        rows = [
+            (md(k), _number(v), md(direction(k) or ("a description, not a score" if k in BY_NAME else "")))
+            for k, v in metrics.items() if not k.startswith("class_frac_")  # the ten shares: one row below
+        ]
+        shares = [(d, metrics[f"class_frac_{d}"]) for d in range(10) if isinstance(metrics.get(f"class_frac_{d}"), (int, float))]
+        if shares:
+            rows.append(("class\\_frac\\_0 … 9", ", ".join(f"{d}: {share:.1%}" for d, share in shares), "shares of the samples per digit"))
         lines += _table(("metric", "value", "direction"), rows) + [""]
     notes = dict.fromkeys(n for _, results in evaluations for n in results.get("notes", []))
     warnings = dict.fromkeys(w for _, results in evaluations for w in results.get("warnings", []))
