@@ -22,7 +22,7 @@ import torch
 from conftest import REPO_ROOT, fit_killed_after, tiny_train_config
 from genlab import GenlabError, MODELS, fit
 from genlab.distributed import Ranks, check_batches, shard
-from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_metrics
+from genlab.runs import CARD_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TB_DIR, WEIGHTS_FILE, read_metrics
 
 QUIET = dict(progress=False, log=lambda _: None)
 JOB_TIMEOUT = 120  # seconds a whole torchrun job may take here (start-up included) before the test fails
@@ -30,7 +30,7 @@ JOB_TIMEOUT = 120  # seconds a whole torchrun job may take here (start-up includ
 # same global batch means, summed in another order (each rank's half, then the all-reduce),
 # so float32 rounding differs in the last bits and grows a little over the 21 steps.
 SAME_RUN_RTOL = 1e-3
-RUN_FILES = {CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE}
+RUN_FILES = {CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, CARD_FILE, TB_DIR}
 
 
 def free_port() -> int:
@@ -127,6 +127,7 @@ def test_two_processes_train_as_one_and_only_rank_0_writes(tmp_path, tiny_data_d
         assert rows_two[-1]["test"][key] == pytest.approx(value, rel=SAME_RUN_RTOL), key
     assert json.loads((tmp_path / "two" / CONFIG_FILE).read_text())["world_size"] == 2
     assert {p.name for p in (tmp_path / "two").iterdir()} == RUN_FILES
+    assert len(list((tmp_path / "two" / TB_DIR).glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes them
     # rank 0 alone logs: the other rank's stdout and stderr are empty
     outputs = {p.parent.name + "/" + p.name: p.read_text() for p in logs.rglob("*.log")}
     rank1 = [text for name, text in outputs.items() if name.startswith("1/")]

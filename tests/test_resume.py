@@ -27,7 +27,7 @@ import genlab.utils as utils_module
 from conftest import QUIET, REPO_ROOT, assert_same_weights, fit_killed_after, tiny_train_config, without_timing, write_idx_folder
 from genlab import GenlabError, MODELS, fit, load_run
 from genlab.cli import main
-from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
+from genlab.runs import CARD_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TB_DIR, WEIGHTS_FILE, load_tensors, read_metrics
 from genlab.utils import atomic_write_bytes
 
 EPOCHS, BATCH = 3, 32  # 200 tiny digits: 7 batches per epoch, 21 steps in all
@@ -515,7 +515,7 @@ def test_leftovers_of_a_killed_start_do_not_block_a_new_run(tmp_path, tiny_data_
     assert main(args + ["--resume"]) == 0  # nothing to resume yet: it starts
     assert "nothing to resume" in capsys.readouterr().out
     assert (run_dir / WEIGHTS_FILE).is_file()
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE])
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, CARD_FILE, TB_DIR])
 
 
 def test_resume_without_config_but_with_run_files_is_refused(tmp_path, tiny_data_dir, capsys):

@@ -103,6 +103,7 @@ def dataclass_from_args(cls, args: argparse.Namespace, base=None):
 
 def cmd_train(args) -> None:
     from . import plots
+    from .modelcard import write_card
     from .models import get_model_class
     from .runs import CONFIG_FILE, load_run, read_config
     from .distributed import env_rank
@@ -124,12 +125,14 @@ def cmd_train(args) -> None:
     if not args.no_figures:
         figures = plots.make_figures(load_run(run_dir, device=args.device or "auto"))
         print(f"figures: {', '.join(sorted(figures))} in {run_dir / 'figures'}")
+        write_card(run_dir)  # now with the samples figure
     print(f"done: {run_dir}")
 
 
 def cmd_resume(args) -> None:
     from . import plots
     from .distributed import env_rank
+    from .modelcard import write_card
     from .runs import load_run, read_config
     from .train import fit
 
@@ -141,6 +144,7 @@ def cmd_resume(args) -> None:
     if env_rank() > 0:
         return
     plots.make_figures(load_run(run_dir))
+    write_card(run_dir)
     print(f"done: {run_dir}")
 
 
@@ -273,6 +277,7 @@ def cmd_lab(args) -> None:
         progress=not args.quiet,
         workers=args.workers,
         threads=args.threads,
+        tensorboard=not args.no_tensorboard,
     )
     print(f"report: {report}")
 
@@ -443,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in each run's tb/ folder")
     p.add_argument(
         "--workers", type=int,
         help="entries trained side by side in their own processes (1: one after another; default: one per core, up to the "

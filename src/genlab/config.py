@@ -86,6 +86,7 @@ class TrainConfig:
     # 2,000 keep the curves' noise far below the epoch-to-epoch changes at a fraction of the
     # full split's cost (benchmarks/README.md, "Per-epoch evaluation").
     epoch_eval_images: int = 2000  # first N test images scored after each epoch for the loss curves (0: all); genlab eval scores all
+    tensorboard: bool = True  # write TensorBoard event files to RUN/tb/ (needs pip install 'genlab[tensorboard]')
 
     def validate(self) -> None:
         check_choices(self)  # precision, lr_schedule: a config.json saying "precision": "fp8" is refused here, not in a KeyError later

@@ -598,14 +598,23 @@ def _split_note(data: DataBundle, x_test: torch.Tensor, binarized: bool) -> str:
 
 
 def write_eval(run_dir: str | os.PathLike, results: dict, name: str = EVAL_FILE) -> Path:
+    """Write the results, then what shows them: the model card and, for eval.json, TensorBoard's hparams."""
+    from .modelcard import write_card
+    from .runs import CONFIG_FILE
+    from .tracking import log_evaluation
+
     path = Path(run_dir) / name
     atomic_write_json(path, results)
+    if (Path(run_dir) / CONFIG_FILE).is_file():  # a run folder (results may also go elsewhere)
+        if name == EVAL_FILE:
+            log_evaluation(Path(run_dir), results)
+        write_card(run_dir)
     return path
 
 
-def read_eval(run_dir: str | os.PathLike) -> dict:
-    """The run's eval.json ({} when it has not been evaluated); RunFolderError if corrupt."""
-    path = Path(run_dir) / EVAL_FILE
+def read_eval(run_dir: str | os.PathLike, name: str = EVAL_FILE) -> dict:
+    """The run's eval.json (or `name`; {} when it has not been evaluated); RunFolderError if corrupt."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return {}
     try:

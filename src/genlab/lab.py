@@ -112,7 +112,8 @@ def lab_entry(name: str) -> LabEntry:
 
 
 def entry_configs(
-    entry: LabEntry, epochs: int | None, seed: int, data_dir: str | None, device: str, precision: str = "fp32", steps: int | None = None
+    entry: LabEntry, epochs: int | None, seed: int, data_dir: str | None, device: str, precision: str = "fp32", steps: int | None = None,
+    tensorboard: bool = True,
 ):
     """(TrainConfig, resolved model config) of an entry, both validated; a budget in `epochs` or
     `steps` (the lab's --epochs / --steps) replaces its own; `precision` a concrete one (`lab_precision`)."""
@@ -125,7 +126,7 @@ def entry_configs(
         model_config = model_cls.config_class(**model_fields)
     except TypeError as e:
         raise GenlabError(f"lab entry '{entry.name}': {e}") from None
-    train_config = TrainConfig(model=entry.model, seed=seed, data_dir=data_dir, device=device, precision=precision, **train_fields)
+    train_config = TrainConfig(model=entry.model, seed=seed, data_dir=data_dir, device=device, precision=precision, tensorboard=tensorboard, **train_fields)
     train_config.validate()
     return train_config, model_cls.resolved_config(model_config)
 
@@ -145,6 +146,8 @@ def run_lab(
     workers: int | None = None,
     threads: int | None = None,
     steps: int | None = None,
+    workers: int = WORKERS,
+    tensorboard: bool = True,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
     `workers` > 1: that many entries at a time, each in its own process of `threads` threads
@@ -166,7 +169,7 @@ def run_lab(
     gpus = (torch.cuda.device_count() if on.index is None else 1) if on.type == "cuda" else int(on.type == "mps")
     workers, threads = plan_workers(usable_cores(), gpus, len(entries), workers, threads)
     # Every entry's configs, built (and so checked) before anything is written.
-    configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, on), steps) for e in entries}
+    configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, on), steps, tensorboard) for e in entries}
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"lab folder {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()) and not (resume or overwrite):

@@ -133,6 +133,7 @@ def fit_run_prior(
     weights (`genlab fit-prior`, and the lab's conv VAE): (prior, its path, number of codes).
     A `--binarize` run is fitted on the binarised digits it learned from."""
     from .data import fixed_binarization
+    from .modelcard import write_card
     from .utils import weights_sha256
 
     if run.train_config.binarize:
@@ -140,4 +141,6 @@ def fit_run_prior(
     codes = posterior_codes(run.model.eval(), x_train, seed=seed)
     prior = fit_mixture_prior(codes, components, seed)
     info = {"components": components, "seed": seed, "codes": len(codes), "data_sha256": data_sha256, "weights_sha256": weights_sha256(run.model)}
-    return prior, save_prior(run.path, prior, info), len(codes)
+    path = save_prior(run.path, prior, info)
+    write_card(run.path)  # the card names the prior
+    return prior, path, len(codes)

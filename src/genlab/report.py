@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from .evaluate import read_eval
 from .explore.offline import explorer_block
 from .metrics import RANKED
 from .lab import LAB_ENTRIES
+from .modelcard import changed_settings, setting_text
 from .models import get_model_class
-from .runs import CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
+from .runs import CARD_FILE, CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
 from .utils import atomic_write_text
 
 FIGURE_TITLES = {
@@ -54,7 +54,9 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margi
 table{border-collapse:collapse;margin:1em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left} th{background:#f3f3f3}
 .row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start} .col{flex:1 1 340px;min-width:300px}
-figure{margin:.5em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:1.5em;align-items:start}
+figure{margin:.5em 0} figure img{width:100%;border:1px solid #eee} figcaption{font-size:.9em;color:#555}
+table.settings{font-size:.88em} table.settings td:not(:first-child){font-family:ui-monospace,monospace}
 .note{color:#555;font-size:.9em} .warn{color:#a40}
 """
 
@@ -110,7 +112,7 @@ def _load_runs(lab_dir: Path, models: list[str] | None) -> list[dict]:
 
 
 def _summary_table(runs: list[dict]) -> str:
-    head = "<tr><th>model</th><th>family</th><th>parameters</th><th>latent</th><th>epochs</th><th>train seconds</th><th>final test losses</th></tr>"
+    head = "<tr><th>model</th><th>family</th><th>parameters</th><th>latent</th><th>epochs</th><th>train seconds</th><th>final test losses</th><th>card</th></tr>"
     rows = []
     for r in runs:
         last = r["metrics"][-1] if r["metrics"] else {}
@@ -121,7 +123,7 @@ def _summary_table(runs: list[dict]) -> str:
             losses += f" (first {scored} of {n_test} test digits)"
         rows.append(
             f"<tr><td>{html.escape(r['name'])}</td><td>{r['family']}</td><td>{_fmt(r['info'].get('parameters', ''))}</td>"
-            f"<td>{r['model'].latent_dim}</td><td>{len(r['metrics'])}</td><td>{seconds:.1f}</td><td>{html.escape(losses)}</td></tr>"
+            f"<td>{r['model'].latent_dim}</td><td>{len(r['metrics'])}</td><td>{seconds:.1f}</td><td>{html.escape(losses)}</td><td>{_card_link(r)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -192,6 +194,32 @@ def _metrics_table(runs: list[dict]) -> str:
     return f"<h2>Measured</h2><table>{head}{''.join(body)}</table>{rank_html}" + (f"<ul class='note'>{note_html}</ul>" if note_html else "")
 
 
+def _card_link(run: dict) -> str:
+    """A link to the run's model card (RUN/README.md), relative to report.html beside the runs."""
+    if not (run["dir"] / CARD_FILE).is_file():
+        return ""
+    return f"<a href='{html.escape(_url_path(run['name']), quote=True)}/{CARD_FILE}'>model card</a>"
+
+
+def _url_path(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _settings_table(run: dict) -> str:
+    """The run's settings that differ from its model's defaults, as a small table."""
+    changed = changed_settings(run["train"], run["model"])
+    if not changed:
+        return f"<p class='note'>Trained with the defaults of <code>genlab train {html.escape(run['train'].model)}</code>.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(setting_text(value))}</td><td>{html.escape(setting_text(default))}</td></tr>"
+        for _, name, value, default in changed
+    )
+    model = html.escape(run["train"].model)
+    return f"<table class='settings'><tr><th>setting ({model})</th><th>value</th><th>default</th></tr>{rows}</table>"
+
+
 def _warnings(run: dict) -> str:
     warnings = [w for m in run["metrics"] for w in m.get("warnings", [])] + run["eval"].get("warnings", [])
     if not warnings:
@@ -219,13 +247,14 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         _metrics_table(runs),
         "<h2>Reconstruction-based vs adversarial</h2>",
     ]
-    families = {f: [r for r in runs if r["family"] == f] for f in ("reconstruction", "adversarial")}
+    order = dict.fromkeys([*FAMILY_TEXT, *(r["family"] for r in runs)])  # the known families first, then any other
+    families = {f: [r for r in runs if r["family"] == f] for f in order}
     parts.append("<div class='row'>")
     for family, members in families.items():
         if not members:
             continue
         parts.append(f"<div class='col'><h3>{family.capitalize()}: {html.escape(', '.join(r['name'] for r in members))}</h3>")
-        parts.append(f"<p>{FAMILY_TEXT[family]}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
+        parts.append(f"<p>{FAMILY_TEXT.get(family, '')}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
     parts.append("</div>")
     # The pictures that both families can show, next to each other.
     for figure in ("samples", "interpolation", "losses"):
@@ -233,8 +262,8 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
         cells = [(r, c) for r, c in cells if c]
         if len(cells) < 2:
             continue
-        parts.append(f"<h3>{FIGURE_TITLES[figure]}, side by side</h3><div class='row'>")
-        parts.extend(f"<div class='col'>{c}</div>" for _, c in cells)
+        parts.append(f"<h3>{FIGURE_TITLES[figure]}, side by side</h3><div class='figures'>")
+        parts.extend(f"<div>{c}</div>" for _, c in cells)
         parts.append("</div>")
     for r in runs:
         parts.append(f"<h2 id='{html.escape(r['name'])}'>{html.escape(r['name'])} ({r['family']})</h2>")
@@ -242,13 +271,14 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
             parts.append(f"<p>{html.escape(LAB_ENTRIES[r['name']].why)}</p>")
         if r["eval"].get("prior", "standard normal") != "standard normal":
             parts.append(f"<p class='note'>Samples and scores drawn from the prior: {html.escape(r['eval']['prior'])}.</p>")
-        parts.append(f"<p class='note'>{html.escape(json.dumps({'train': r['info'].get('train'), 'model': r['info'].get('model')}))}</p>")
+        card = _card_link(r)
+        parts.append(_settings_table(r) + (f"<p>Its {card}: what it is, how it was trained, its metrics and how to load it.</p>" if card else ""))
         parts.append(_warnings(r))
-        parts.append("<div class='row'>")
+        parts.append("<div class='figures'>")
         for figure in _figure_names(r["dir"]):
             cell = _figure(r["dir"], figure, r["name"])
             if cell:
-                parts.append(f"<div class='col'>{cell}</div>")
+                parts.append(f"<div>{cell}</div>")
         parts.append("</div>")
         parts.append(explorer_block(r["dir"]))  # a live latent map, for models with a 2-D code
     parts.append("</body></html>")

@@ -10,6 +10,8 @@ A run folder holds
   prior.safetensors      a VAE's fitted Gaussian-mixture prior (`genlab fit-prior`), if any,
   eval-gmm.json          and the metrics measured with it (`genlab eval --prior gmm`)
   figures/               the PNG figures (`genlab plot RUN_DIR` rewrites them)
+  README.md              the model card (genlab.modelcard), rewritten by train, eval and fit-prior
+  tb/                    TensorBoard event files and Projector data (genlab.tracking), unless --no-tensorboard
 Every file is written atomically (utils.atomic_write_*), and nothing is ever unpickled: tensors
 come from safetensors, everything else from JSON validated against the config dataclasses.
 """
@@ -53,8 +55,11 @@ EVAL_FILE = "eval.json"  # written by `genlab eval` and `genlab lab` (genlab.eva
 PRIOR_FILE = "prior.safetensors"  # genlab.prior
 PRIOR_EVAL_FILE = "eval-gmm.json"  # `genlab eval --prior gmm`
 FIGURES_DIR = "figures"
+CARD_FILE = "README.md"  # genlab.modelcard
+TB_DIR = "tb"  # genlab.tracking
 # Bump when a run folder's files change incompatibly; a folder of another version is refused
-# (no compatibility layer before a release: such a run is retrained). 3: train.precision; 4: train.ema, lr_schedule, warmup_steps (SCGAN's g_ema is the loop's ema), train.steps.
+# (no compatibility layer before a release: such a run is retrained). 3: train.precision;
+# 4: train.ema, lr_schedule, warmup_steps (SCGAN's g_ema is the loop's ema), train.steps, train.tensorboard.
 FORMAT_VERSION = 4
 
 

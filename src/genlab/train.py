@@ -49,17 +49,19 @@ from typing import Callable
 import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
-from . import distributed
+from . import distributed, tracking
 from .config import LOOP_DEFAULTS, ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
 from .ema import WeightAverage
 from .errors import GenlabError, Interrupted, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
+from .modelcard import write_card
 from .models import GenerativeModel, get_model_class
 from .precision import check_precision, forward_context, grad_scaler
 from .progress import Progress
 from .runs import (
+    CARD_FILE,
     CHECKPOINT_FILE,
     CONFIG_FILE,
     EVAL_FILE,
@@ -67,6 +69,7 @@ from .runs import (
     METRICS_FILE,
     PRIOR_EVAL_FILE,
     PRIOR_FILE,
+    TB_DIR,
     WEIGHTS_FILE,
     build_model,
     load_state_into,
@@ -149,6 +152,7 @@ class Training:
     ranks: distributed.Ranks = field(default_factory=distributed.Ranks)  # which process of how many (one without torchrun)
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)  # fp16 only: one gradient scaler per phase
     ema: WeightAverage | None = None  # --ema: the average of the weights, updated after every step
+    sink: tracking.Sink = field(default_factory=tracking.Sink)  # TensorBoard's event files (genlab.tracking), or nothing
 
     @property
     def device(self) -> torch.device:
@@ -221,8 +225,10 @@ def fit(
             raise
         finally:
             interrupted.restore()
+            t.sink.close()
         if t.ranks.is_main:
             save_weights(t.run_dir, t.eval_model)
+            write_card(t.run_dir)
     distributed.leave(t.ranks)
     return t.run_dir
 
@@ -274,6 +280,7 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
         log(f"resuming {run_dir} at epoch {t.state.epoch + 1}, step {t.state.step}")
     if ranks.is_main:
         _write_run_start(t, resume, overwrite, model_config, saved_info, data, lock)
+    t.sink = tracking.open_sink(t, resume, log)
     model.train()
     return t
 
@@ -349,6 +356,7 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool | Call
         at_sync = state.step % SYNC_EVERY == 0 or last
         if at_sync:
             _check_finite(t)
+            t.sink.log_steps(state.step, t.running, t.optimizers)
             if callable(progress):
                 progress(_progress(t))
             elif progress:
@@ -464,6 +472,7 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
     if warnings:
         row["warnings"] = warnings  # shown by report.html
     t.metrics_rows.append(row)
+    t.sink.log_epoch(t, row)  # before the checkpoint: a resume from an earlier one purges it
     return row, warnings
 
 
@@ -512,9 +521,10 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, lock: RunFold
         lock.acquire()  # a folder made just now (or by a writer started at the same time): before any change
         if overwrite and existing and not resume:
             # Remove only what genlab wrote, never other files the user keeps there.
-            for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE):
+            for name in (*RUN_FILES, EVAL_FILE, PRIOR_FILE, PRIOR_EVAL_FILE, CARD_FILE):
                 (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / FIGURES_DIR, ignore_errors=True)
+            for folder in (FIGURES_DIR, TB_DIR):
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
         # Temporary files a killed process left mid-write: never read, safe to remove.
         for name in RUN_FILES:
             for stale in run_dir.glob(f".{name}.*{TMP_SUFFIX}"):
