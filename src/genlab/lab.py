@@ -146,7 +146,6 @@ def run_lab(
     workers: int | None = None,
     threads: int | None = None,
     steps: int | None = None,
-    workers: int = WORKERS,
     tensorboard: bool = True,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
