@@ -360,6 +360,6 @@ def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final
     else:
         raise RunFolderError(f"{run_dir} has no weights yet ({WEIGHTS_FILE} or {CHECKPOINT_FILE})")
     model.to(pick_device(device)).eval()
-    if model.device.type == "cpu":  # oneDNN's convolutions infer faster on channels-last weights (benchmarks/README.md section 11)
+    if model.device.type == "cpu" and model.channels_last:  # oneDNN's convolutions infer faster on channels-last weights (benchmarks/README.md section 11)
         model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, train_config=train_config, model_config=model_config, info=info)

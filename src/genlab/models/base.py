@@ -56,6 +56,9 @@ class GenerativeModel(nn.Module):
     # per image, not one); trajectory() shows the way from noise to digit (flow)
     iterative: bool = False
     has_density: bool = False  # log_density(x): an exact log-likelihood of grey digits, reported in bits/dim (flow)
+    # load_run stores conv weights channels-last on CPU, where oneDNN infers faster; False for a
+    # network whose group norm runs several times slower on channels-last tensors (the flow's U-Net)
+    channels_last: bool = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
