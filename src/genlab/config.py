@@ -63,7 +63,8 @@ class TrainConfig:
     filled in when the run starts."""
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
-    epochs: int | None = None  # passes over the training split (default: the model's own)
+    epochs: int | None = None  # passes over the training split (default: the model's own, unless --steps is given)
+    steps: int | None = None  # optimizer steps in all, whatever the data's size (nanoGPT's max_iters); instead of epochs, not with them
     batch_size: int | None = None  # images per optimizer step (default: the model's own)
     lr: float | None = None  # Adam learning rate, every optimizer of the model (default: the model's own)
     seed: int = 0  # seeds weights, shuffling, noise: same seed + CPU = same run
@@ -83,6 +84,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise GenlabError(f"epochs must be at least 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise GenlabError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and self.steps is not None:  # two budgets would leave one of them a lie in config.json
+            raise GenlabError(f"give the training budget as epochs or as steps, not both (got {self.epochs} epochs and {self.steps} steps)")
         if self.batch_size is not None and self.batch_size < 1:
             raise GenlabError(f"batch size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):

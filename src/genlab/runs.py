@@ -56,8 +56,8 @@ PRIOR_FILE = "prior.safetensors"  # genlab.prior
 PRIOR_EVAL_FILE = "eval-gmm.json"  # `genlab eval --prior gmm`
 FIGURES_DIR = "figures"
 # Bump when a run folder's files change incompatibly; a folder of another version is refused
-# (no compatibility layer before a release: such a run is retrained). 3: train.precision.
-FORMAT_VERSION = 3
+# (no compatibility layer before a release: such a run is retrained). 3: train.precision. 4: train.steps.
+FORMAT_VERSION = 4
 
 
 def versions() -> dict[str, str]:
