@@ -85,6 +85,12 @@ LAB_ENTRIES: dict[str, LabEntry] = {
             "of the training digits play the part of the class, which on 5,000 digits is what keeps the game from mixing shapes.",
         ),
         LabEntry("cgan", "cgan", {"steps": 2820}, why="The class-conditional GAN: the digit is an input, so every digit can be asked for."),
+        LabEntry(
+            "flow", "flow", {"steps": 2000, "epoch_eval_images": 500},
+            why="Flow matching, the family of today's image generators (noise in, digit out, no labels): a U-Net learns the "
+            "velocity that carries noise to digits along straight lines, and a sample is that velocity integrated in a few "
+            "solver steps, each a pass of the network. Its exact log-likelihood is measured in bits per dimension.",
+        ),
     )
 }
 DEFAULT_MODELS = tuple(LAB_ENTRIES)
@@ -318,8 +324,10 @@ def _run_in_worker(*job, progress: bool) -> None:
 
 
 def _cost(entry: LabEntry) -> int:
-    """Rough order of the entries' training time: GANs, then the conv VAE, then the rest."""
-    return 2 if get_model_class(entry.model).family == "adversarial" else int(entry.fit_prior)
+    """Rough order of the entries' time: an iterative model (its samples cost steps × a network
+    pass), GANs, then the conv VAE, then the rest."""
+    model = get_model_class(entry.model)
+    return 3 if model.iterative else 2 if model.family == "adversarial" else int(entry.fit_prior)
 
 
 def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, sampler, data=None, progress=True, log=print) -> str:
@@ -349,9 +357,10 @@ def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, sa
 
 def lab_precision(model: str, precision: str, device) -> str:
     """The precision a lab run trains in. "auto": bf16 where it pays on this device
-    (genlab.precision), and only for the reconstruction family; bf16 moved the GANs' FID beyond
-    the seeds' spread in the lab (benchmarks/README.md, "bf16 mixed precision"), so they keep fp32."""
-    if precision == "auto" and get_model_class(model).family != "reconstruction":
+    (genlab.precision), except for the adversarial family: bf16 moved the GANs' FID beyond the
+    seeds' spread in the lab (benchmarks/README.md, "bf16 mixed precision"), so they keep fp32.
+    The flow trains and samples in bf16 (benchmarks/README.md, "Flow matching")."""
+    if precision == "auto" and get_model_class(model).family == "adversarial":
         return "fp32"
     return resolve_precision(precision, device)
 
