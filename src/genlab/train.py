@@ -9,6 +9,10 @@ and saves a checkpoint. The model computes its own losses; the loop never asks w
 Budget: `total_steps` optimizer steps, from `cfg.steps` or `cfg.epochs` × batches per epoch; a
 step budget may end mid-epoch, and that shorter last epoch ends like any other (row, checkpoint).
 
+For any model the loop can keep a moving average of the weights (`--ema`, genlab.ema: updated
+after each batch's last phase; evaluation and model.safetensors use it) and sets each step's
+learning rate from a schedule (`learning_rate`: warmup, then constant or cosine).
+
 Speed: the whole split lives on the device as one float tensor and batches are index slices;
 logged values are summed as tensors and read back (one host sync) only every `SYNC_EVERY` steps,
 when the progress bar and the non-finite guard look at them.
@@ -20,7 +24,7 @@ Several processes (torchrun): `_prepare` joins the process group and `_loss_fn` 
 phase's loss in DDP; every batch of the shared order is sharded (`distributed.shard`), and
 `t.ranks.is_main` is the one predicate for writing, logging and evaluating (genlab.distributed).
 
-Resume: a checkpoint holds the weights, each optimizer's state, the global and the shuffling RNG
+Resume: a checkpoint holds the weights (and their average), each optimizer's state, the global and the shuffling RNG
 states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt), how
 far into the epoch the loop got and the metrics rows so far (metrics.jsonl is rebuilt from them,
 so a kill between the two writes leaves no gap). Resuming on CPU with the same seed gives bitwise
@@ -46,8 +50,9 @@ import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
 from . import distributed
-from .config import ModelConfig, TrainConfig
+from .config import LOOP_DEFAULTS, ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
+from .ema import WeightAverage
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
@@ -79,6 +84,7 @@ from .utils import TMP_SUFFIX, pick_device, seed_everything
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+LR_FLOOR = 0.1  # a cosine schedule ends at this fraction of the learning rate
 WRITE_PROBE = ".genlab-write-test"  # an empty file made and removed to test that the folder is writable
 
 
@@ -101,8 +107,9 @@ def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None 
         raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
     model_config = model_cls.resolved_config(model_config)
     # A step budget replaces the epochs: the model's default epochs are not filled in beside it.
+    defaults = {**LOOP_DEFAULTS, **model_cls.defaults(model_config)}
     unset = {k for k in TRAIN_FIELDS if getattr(train_config, k) is None and not (k == "epochs" and train_config.steps is not None)}
-    train_config = dataclasses.replace(train_config, **{k: v for k, v in model_cls.defaults(model_config).items() if k in unset})
+    train_config = dataclasses.replace(train_config, **{k: v for k, v in defaults.items() if k in unset})
     train_config.validate()
     return train_config, model_config
 
@@ -142,6 +149,7 @@ class Training:
     started: float = field(default_factory=time.perf_counter)  # when this call began: elapsed and remaining time
     ranks: distributed.Ranks = field(default_factory=distributed.Ranks)  # which process of how many (one without torchrun)
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)  # fp16 only: one gradient scaler per phase
+    ema: WeightAverage | None = None  # --ema: the average of the weights, updated after every step
 
     @property
     def device(self) -> torch.device:
@@ -156,6 +164,11 @@ class Training:
         """Epochs the budget spans: those done, then full ones from the current epoch's start, the last maybe partial."""
         left = max(self.total - self.state.step + self.state.step_in_epoch, 0)
         return self.state.epoch + math.ceil(left / batches_per_epoch(self.cfg, len(self.x_train)))
+
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """What evaluation, health checks and model.safetensors use: the average, if kept."""
+        return self.ema.model if self.ema else self.model
 
 
 # Tests end a `fit` call after this many optimizer steps, as if the process were killed there
@@ -208,7 +221,7 @@ def fit(
         finally:
             interrupted.restore()
         if t.ranks.is_main:
-            save_weights(t.run_dir, t.model)
+            save_weights(t.run_dir, t.eval_model)
     distributed.leave(t.ranks)
     return t.run_dir
 
@@ -244,12 +257,13 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     model = build_model(cfg, model_config).to(device)
     model.prepare_training(x_train)
     optimizers = _optimizers(model, cfg, device)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None  # from the initial weights, before DDP wraps the model
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
     phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
     t = Training(
         run_dir, cfg, model, optimizers, _loss_fn(model, cfg, phase_params, ranks, device),
         x_train, y_train, x_test, y_test, phase_params, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
-        ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None},
+        ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None}, ema=ema,
     )
     if ranks.rank > 0:  # each rank its own noise; rank 0 keeps the stream one process would draw
         torch.manual_seed(distributed.rank_seed(cfg.seed, ranks.rank, 0))
@@ -363,6 +377,10 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
     # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch
     # makes that the global batch's mean however unevenly it splits (1.0 in one process).
     weight = len(xb) * t.ranks.world_size / n_global
+    lr = learning_rate(t.cfg, step, total_steps(t.cfg, len(t.x_train)))  # a pure function of the step: resumes exactly
+    for optimizer in t.optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     cache: dict = {}
     for phase in model.phases:
         if len(model.phases) > 1:  # no gradients for the other players' weights
@@ -371,10 +389,11 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
         with forward_context(t.cfg.precision, t.device):  # autocast for bf16/fp16; backward and step outside it
             out = t.loss_fn(xb, yb, phase, cache)
         _backward_step(t, phase, out.loss if weight == 1 else out.loss * weight, step)
-        model.end_step(phase)
         t.recent.append((step, out.loss.detach()))
         for key, value in out.logs.items():
             t.running[key] = t.running.get(key, 0) + value.detach() * len(xb)
+    if t.ema:
+        t.ema.update(model)
     t.running["_n"] = t.running.get("_n", 0) + torch.tensor(float(len(xb)), device=xb.device)
     t.state.step = step
     t.state.step_in_epoch += 1
@@ -425,14 +444,15 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
     """The metrics row of the epoch just trained, appended to `t.metrics_rows`, and its warnings."""
     state = t.state
     t_eval = time.perf_counter()
-    test_logs = evaluate_split(t.model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
-    health, warnings = epoch_health(t.model, train_logs, t.metrics_rows, t.cfg.seed)
+    test_logs = evaluate_split(t.eval_model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
+    health, warnings = epoch_health(t.eval_model, train_logs, t.metrics_rows, t.cfg.seed)
     row = {
         "epoch": state.epoch + 1,
         "step": state.step,
         "seconds": round(state.epoch_seconds, 4),
         "eval_seconds": round(time.perf_counter() - t_eval, 4),
         "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
+        "lr": learning_rate(t.cfg, state.step, total_steps(t.cfg, len(t.x_train))),  # of the epoch's last step
         "train": train_logs,
         "test": test_logs,
         "health": health,
@@ -441,6 +461,16 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
         row["warnings"] = warnings  # shown by report.html
     t.metrics_rows.append(row)
     return row, warnings
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step `step` (1, 2, …, total): linear warmup from 0 over
+    `warmup_steps`, then constant, or a half cosine from lr down to LR_FLOOR·lr at the last step."""
+    warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warmup
+    progress = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * warmup * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) -> dict[str, torch.optim.Optimizer]:
@@ -500,6 +530,8 @@ def _save_checkpoint(t: Training) -> None:
     if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
         raise TrainingDiverged(_diverged_message("weights", state.step, state.epoch, t.cfg.lr))
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if t.ema:  # the checkpoint keeps the live weights (to go on training) and their average
+        tensors.update({f"ema.{k}": v for k, v in t.ema.state_dict().items()})
     optim_meta = {}
     for phase, opt in t.optimizers.items():
         sd = opt.state_dict()
@@ -549,6 +581,8 @@ def _load_checkpoint(t: Training) -> None:
         state = LoopState(**meta["loop"])
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         load_state_into(t.model, model_state, path)
+        if t.ema:
+            load_state_into(t.ema.model, {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
         for phase, opt in t.optimizers.items():
             groups = meta["optimizers"][phase]
             for group in groups:
