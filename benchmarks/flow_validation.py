@@ -1,8 +1,8 @@
 """The flow's validation search (benchmarks/README.md, "Flow matching"): train `genlab`'s flow
 model on 4,500 of the 5,000 training digits for a number of steps in one thread, then score
 samples of a moving average of its weights against the 500 held-out digits (FID, recall, class
-entropy on genlab's classifier features). Not the library's loop: an EMA and a warmup + cosine
-schedule are written out here, the way the loop's own will be.
+entropy on genlab's classifier features). Not the library's loop: its EMA (genlab.ema) and warmup +
+cosine schedule (train.learning_rate) are written out here the same way.
 
     GENLAB_DATA=../shared/data/mnist python benchmarks/flow_validation.py --steps 2000 --channels 16,32,32
 Prints one JSON line: the settings, CPU seconds of training and of sampling, and the scores.
@@ -33,7 +33,7 @@ p.add_argument("--batch", type=int, default=64)
 p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--time", default="logit_normal")
 p.add_argument("--logit-std", type=float, default=1.0)
-p.add_argument("--ema", type=float, default=0.999)
+p.add_argument("--ema", type=float, default=0.995)
 p.add_argument("--schedule", default="cosine")
 p.add_argument("--warmup", type=int, default=100)
 p.add_argument("--sample-steps", default="8")
@@ -67,7 +67,8 @@ def lr_at(step: int) -> float:
         return a.lr * (step + 1) / a.warmup
     if a.schedule == "const":
         return a.lr
-    return a.lr * 0.5 * (1 + math.cos(math.pi * (step - a.warmup) / max(1, a.steps - a.warmup)))
+    progress = (step - a.warmup) / max(1, a.steps - a.warmup)
+    return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # to a tenth, as train.learning_rate
 
 
 t0 = time.process_time()
@@ -87,9 +88,8 @@ while step < a.steps:
         out.loss.backward()
         opt.step()
         with torch.no_grad():
-            d = min(a.ema, (1 + step) / (10 + step))  # the usual warm start of the average
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+            for pe, pm in zip(ema.parameters(), model.parameters()):  # as genlab.ema: no warm start
+                pe.lerp_(pm, 1 - a.ema)
         losses.append(float(out.loss))
         step += 1
 train_cpu = time.process_time() - t0
@@ -97,16 +97,16 @@ train_cpu = time.process_time() - t0
 clf = load_classifier()
 real_feats, _ = predict(clf, x_val)
 results = []
-for steps in [int(s) for s in a.sample_steps.split(",")]:
+for solver, steps in [(sv, int(st)) for sv in a.solver.split(",") for st in a.sample_steps.split(",")]:
     t1 = time.process_time()
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode(), autocast():
-        imgs = torch.cat([ema.sample(500, generator=gen, sampler=SamplerOptions(steps=steps, solver=a.solver)).float() for _ in range(a.n_samples // 500)])
+        imgs = torch.cat([ema.sample(500, generator=gen, sampler=SamplerOptions(steps=steps, solver=solver)).float() for _ in range(a.n_samples // 500)])
     sample_cpu = time.process_time() - t1
     feats, pred = predict(clf, imgs)
     prec, rec = precision_recall(real_feats, feats)
     results.append({
-        "sample_steps": steps, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=a.solver)), "sample_cpu_s": round(sample_cpu, 1),
+        "solver": solver, "sample_steps": steps, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=solver)), "sample_cpu_s": round(sample_cpu, 1),
         "fid_val": round(fid_from_features(feats.double().numpy(), real_feats.double().numpy()), 2),
         "precision": round(prec, 3), "recall": round(rec, 3), "class_entropy": round(normalised_entropy(class_histogram(pred.numpy())), 4),
     })
