@@ -32,6 +32,7 @@ from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_d
 from .errors import GenlabError, RunFolderError
 from .metrics import KNN_NEIGHBOURS, PR_NEIGHBOURS, PROB_EPS, direction, notes_for
 from .models.base import default_labels
+from .models.sampling import SamplerOptions
 from .models.losses import gaussian_kl
 from .limits import EVAL_FIELDS, check_eval_sizes, check_fields, parse_json, read_json_text
 from .utils import atomic_write_json, make_generator, weights_sha256
@@ -49,6 +50,15 @@ IW_TEST_DIGITS = 2000
 # first 10,000, as many as the test set and the FID's samples (so fid_floor is a floor at the same
 # n), and a cost that does not grow with the training split (all of the offline 4,500).
 TRAIN_REFERENCE_DIGITS = 10000
+# bits/dim of a flow (benchmarks/README.md, "Flow matching"): the first DENSITY_DIGITS test
+# digits, the ODE solved with DENSITY_SAMPLER; the exact-trace check on DENSITY_CHECK_DIGITS of
+# them with the cheaper DENSITY_CHECK_SAMPLER, against DENSITY_CHECK_PROBES Hutchinson probes each.
+DENSITY_DIGITS = 500
+DENSITY_SAMPLER = SamplerOptions(steps=16, solver="heun")
+DENSITY_BATCH = 250
+DENSITY_CHECK_DIGITS = 1
+DENSITY_CHECK_SAMPLER = SamplerOptions(steps=2, solver="euler")
+DENSITY_CHECK_PROBES = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +391,8 @@ class EvalContext:
     batch_size: int
     prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
     classifier: object | None
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)  # an iterative model's steps / solver / guidance
+    density_digits: int = DENSITY_DIGITS
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     classifier_info: dict = field(default_factory=dict)
@@ -399,11 +411,13 @@ class EvalContext:
         return {
             "n_test": len(self.x_test), "n_train": self.train_digits, "n_samples": self.n_samples,
             "iw_samples": self.iw_samples, "seed": self.seed, "likelihood_seed": self.seed + 1,
+            "density_digits": min(self.density_digits, len(self.x_test)),
         }
 
     def test_digits(self, group: str) -> int:
         """How many test digits (the first ones) a group of metrics scores."""
-        return self.iw_digits if group == "likelihood" else len(self.x_test)
+        first = {"likelihood": self.iw_digits, "density": self.density_digits}.get(group, len(self.x_test))
+        return min(first, len(self.x_test))
 
 
 def reconstruction_metrics(ctx: EvalContext) -> dict[str, float]:
@@ -463,8 +477,18 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
 
     model, n, device = ctx.model, ctx.n_samples, ctx.x_test.device
     asked = default_labels(n, device) if model.conditional else None  # ten classes in turn
-    samples = ctx.run.sample(n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior)
+    s = ctx.sampler
+    samples = ctx.run.sample(
+        n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior, steps=s.steps, solver=s.solver, guidance=s.guidance
+    )
     ctx.notes.append(f"Samples drawn with torch.Generator(seed = {ctx.seed}) on {device}; same run + seed = same numbers.")
+    if model.iterative:
+        used = model.resolve_sampler(s)
+        ctx.notes.append(
+            f"Samples solved from noise with {used.steps} {used.solver} steps ({model.nfe(s)} function evaluations per image"
+            + (f", guidance {used.guidance:g}" if model.conditional else "")
+            + f") in the run's precision ({ctx.run.train_config.precision})."
+        )
     if n < 10000:
         ctx.warnings.append(f"FID and precision/recall from {n} samples: both are biased for small n; compare runs only at equal n")
     if ctx.data.name != "mnist":
@@ -493,11 +517,56 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
     return values
 
 
+def dequantize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """8-bit digits x = pixel/255 -> (pixel + u)/256, u ~ U(0, 1): continuous values whose density
+    is a likelihood of the 8-bit digits (Theis et al. 2016, https://arxiv.org/abs/1511.01844)."""
+    return ((x * 255).round() + torch.rand(x.shape, generator=generator, device=x.device)) / 256
+
+
+def bits_per_dim(log_px: torch.Tensor) -> torch.Tensor:
+    """log p(x) in nats of a density on [0, 1]^784 -> bits per pixel of the same density on
+    [0, 256)^784 (the 8-bit scale the papers report): −log₂ p(x)/784 + 8."""
+    return -log_px / (784 * math.log(2)) + 8
+
+
+def density_metrics(ctx: EvalContext) -> dict[str, float]:
+    """bits/dim of the model's exact density (a flow's, by the change of variables) on the
+    first `density_digits` test digits, dequantized; Hutchinson's estimator, its spread, and a
+    check against the exact trace on a few digits."""
+    model, n = ctx.model, min(ctx.density_digits, len(ctx.x_test))
+    gen = make_generator(ctx.seed + 2, ctx.x_test.device)
+    with torch.inference_mode(False):  # the divergence needs autograd
+        x = dequantize(ctx.x_test[:n].clone(), gen)
+        bpd = torch.cat([bits_per_dim(model.log_density(x[i : i + DENSITY_BATCH], generator=gen, sampler=DENSITY_SAMPLER)) for i in range(0, n, DENSITY_BATCH)])
+        check = x[:DENSITY_CHECK_DIGITS]
+        exact = bits_per_dim(model.log_density(check, exact=True, sampler=DENSITY_CHECK_SAMPLER))
+        probes = check.repeat(DENSITY_CHECK_PROBES, 1, 1, 1)  # probe-major: (P·C, 1, 28, 28)
+        hutch = bits_per_dim(model.log_density(probes, generator=gen, sampler=DENSITY_CHECK_SAMPLER)).view(DENSITY_CHECK_PROBES, -1)
+    values = {
+        "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_sem": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        "bits_per_dim_probe_std": float(hutch.std(0).mean()),
+        "bits_per_dim_check_error": float((hutch.mean(0) - exact).abs().max()),
+    }
+    used = model.resolve_sampler(DENSITY_SAMPLER)
+    ctx.notes.append(
+        f"bits_per_dim: the ODE solved from each digit back to the noise with {used.steps} {used.solver} steps in float32; "
+        f"test digits 0 to {n - 1}, dequantized with torch.Generator(seed + 2 = {ctx.seed + 2}). Check on digits 0 to "
+        f"{len(check) - 1} with {DENSITY_CHECK_SAMPLER.steps} {DENSITY_CHECK_SAMPLER.solver} steps: exact trace "
+        f"{', '.join(f'{v:.4f}' for v in exact.tolist())} bits/dim vs the mean of {DENSITY_CHECK_PROBES} Hutchinson probes "
+        f"{', '.join(f'{v:.4f}' for v in hutch.mean(0).tolist())}."
+    )
+    if not math.isfinite(values["bits_per_dim"]):
+        ctx.warnings.append("bits_per_dim is not finite: the flow's ODE diverged on some test digits")
+    return values
+
+
 # Each group, the capability it needs and its function, in the order eval.json lists them.
 GROUPS = (
     ("reconstruction", "can_encode", reconstruction_metrics),
     ("latent", "can_encode", latent_metrics),
     ("likelihood", "has_likelihood", likelihood_metrics),
+    ("density", "has_density", density_metrics),
     ("samples", "can_sample", sample_metrics),
 )
 
@@ -514,13 +583,19 @@ def evaluate_run(
     prior=None,
     iw_digits: int = IW_TEST_DIGITS,
     train_digits: int = TRAIN_REFERENCE_DIGITS,
+    steps: int | None = None,
+    solver: str | None = None,
+    guidance: float | None = None,
+    density_digits: int = DENSITY_DIGITS,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
     "seconds": {group: float}, "test_digits": {group: int}, "classifier": {...}}. Same run, data and
     seed -> the same numbers. The likelihood bounds score the first `iw_digits` test digits, the
     latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
-    `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
+    `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I).
+    `steps`, `solver`, `guidance`: an iterative model's sampler (its defaults when None; ignored by
+    one-step models); `density_digits`: test digits scored in bits/dim (models with a density)."""
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
@@ -538,7 +613,12 @@ def evaluate_run(
         x_test = fixed_binarization(x_test)
     iw_digits = min(iw_digits or len(x_test), len(x_test))
     train_digits = min(train_digits or len(data.train_images), len(data.train_images))
-    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, train_digits, batch_size, prior, classifier)
+    sampler = run.sampler(steps, solver, guidance)
+    if density_digits < 2:
+        raise GenlabError(f"density_digits must be at least 2, got {density_digits}")
+    ctx = EvalContext(
+        run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, train_digits, batch_size, prior, classifier, sampler, density_digits
+    )
     trained_on = other_training_data(run.info, data)
     if trained_on:
         ctx.warnings.append(
@@ -571,6 +651,8 @@ def evaluate_run(
         "prior": "standard normal" if prior is None else f"gaussian mixture ({prior.components})",
         "n_samples": n_samples if run.model.can_sample else 0,
         "iw_samples": iw_samples if "iwae_log_px_nats" in metrics else 0,
+        "sampler": _sampler_record(run.model, sampler),
+        "density_digits": min(density_digits, len(x_test)) if "bits_per_dim" in metrics else 0,
         "n_test": int(len(x_test)),
         "metrics": metrics,
         "notes": [_split_note(data, x_test, run.train_config.binarize), *notes_for(metrics, ctx.context()), *ctx.notes],
@@ -580,6 +662,14 @@ def evaluate_run(
         "train_digits": train_digits,  # the first N training digits: the latent k-NN's reference and fid_floor's
         "classifier": ctx.classifier_info,
     }
+
+
+def _sampler_record(model, sampler: SamplerOptions) -> dict:
+    """eval.json's "sampler": what an iterative model's samples were solved with, and their cost."""
+    if not (model.iterative and model.can_sample):
+        return {"nfe": model.nfe(sampler)}
+    used = model.resolve_sampler(sampler)
+    return {"steps": used.steps, "solver": used.solver, "guidance": used.guidance if model.conditional else None, "nfe": model.nfe(sampler)}
 
 
 def _split_note(data: DataBundle, x_test: torch.Tensor, binarized: bool) -> str:

@@ -39,6 +39,7 @@ from .distributed import env_rank
 from .errors import GenlabError, RunFolderError
 from .lock import LOCK_FILE, RunFolderLock
 from .models import get_model_class
+from .models.sampling import SamplerOptions
 from .precision import resolve_precision
 from .progress import LiveBoard
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
@@ -84,6 +85,12 @@ LAB_ENTRIES: dict[str, LabEntry] = {
             "of the training digits play the part of the class, which on 5,000 digits is what keeps the game from mixing shapes.",
         ),
         LabEntry("cgan", "cgan", {"steps": 2820}, why="The class-conditional GAN: the digit is an input, so every digit can be asked for."),
+        LabEntry(
+            "flow", "flow", {"steps": 2000, "epoch_eval_images": 500},
+            why="Flow matching, the family of today's image generators (noise in, digit out, no labels): a U-Net learns the "
+            "velocity that carries noise to digits along straight lines, and a sample is that velocity integrated in a few "
+            "solver steps, each a pass of the network. Its exact log-likelihood is measured in bits per dimension.",
+        ),
     )
 }
 DEFAULT_MODELS = tuple(LAB_ENTRIES)
@@ -147,12 +154,15 @@ def run_lab(
     threads: int | None = None,
     steps: int | None = None,
     tensorboard: bool = True,
+    sample_steps: int | None = None,
+    solver: str | None = None,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
     `workers` > 1: that many entries at a time, each in its own process of `threads` threads
     (None: `plan_workers` for this machine). `precision` "auto" is resolved once, for this machine
     and each entry (`lab_precision`), to the concrete value each run records. `progress`: a live
-    line per entry (in place when `log` is print to a terminal)."""
+    line per entry (in place when `log` is print to a terminal). `sample_steps`, `solver`: the
+    sampler the iterative models (flow) are evaluated with (their own defaults when None)."""
     from .report import write_report
 
     import torch
@@ -163,6 +173,8 @@ def run_lab(
     if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
+    sampler = {"steps": sample_steps, "solver": solver}
+    SamplerOptions(**sampler)  # a bad option: one line before anything is trained
     on = pick_device(device)
     # Accelerators to give each a worker: every CUDA device for "cuda"/"auto", else the one named.
     gpus = (torch.cuda.device_count() if on.index is None else 1) if on.type == "cuda" else int(on.type == "mps")
@@ -181,7 +193,7 @@ def run_lab(
         for note in data.notes:
             log(f"data: {note}")
         log(f"lab: {len(entries)} entries, {workers} at a time, {threads} thread{'s' * (threads > 1)} each")
-        jobs = [(entry, out_dir / entry.name, *configs[entry.name], resume, overwrite) for entry in entries]
+        jobs = [(entry, out_dir / entry.name, *configs[entry.name], resume, overwrite, sampler) for entry in entries]
         board = LiveBoard([e.name for e in entries], log=log, tty=progress and log is print and sys.stdout.isatty(), out=sys.stdout)
         if workers <= 1 or len(jobs) == 1:
             with _threads(threads):
@@ -316,11 +328,13 @@ def _run_in_worker(*job, progress: bool) -> None:
 
 
 def _cost(entry: LabEntry) -> int:
-    """Rough order of the entries' training time: GANs, then the conv VAE, then the rest."""
-    return 2 if get_model_class(entry.model).family == "adversarial" else int(entry.fit_prior)
+    """Rough order of the entries' time: an iterative model (its samples cost steps × a network
+    pass), GANs, then the conv VAE, then the rest."""
+    model = get_model_class(entry.model)
+    return 3 if model.iterative else 2 if model.family == "adversarial" else int(entry.fit_prior)
 
 
-def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, data=None, progress=True, log=print) -> str:
+def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, sampler, data=None, progress=True, log=print) -> str:
     """Train (or reuse) one entry with its configs (`entry_configs`), draw its figures, measure
     it; logs through `log`, `progress` as `fit`'s. Returns its headline (its measured figures)."""
     from . import plots
@@ -343,14 +357,15 @@ def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, da
         x_train, _ = data.tensors("train", run.device)
         prior, _, _ = fit_run_prior(run, x_train[:TRAIN_REFERENCE_DIGITS], seed=seed, data_sha256=data.sha256)
     plots.make_figures(run, data, seed=seed, prior=prior)
-    return _evaluate(run, data, seed, prior)
+    return _evaluate(run, data, seed, prior, sampler)
 
 
 def lab_precision(model: str, precision: str, device) -> str:
     """The precision a lab run trains in. "auto": bf16 where it pays on this device
-    (genlab.precision), and only for the reconstruction family; bf16 moved the GANs' FID beyond
-    the seeds' spread in the lab (benchmarks/README.md, "bf16 mixed precision"), so they keep fp32."""
-    if precision == "auto" and get_model_class(model).family != "reconstruction":
+    (genlab.precision), except for the adversarial family: bf16 moved the GANs' FID beyond the
+    seeds' spread in the lab (benchmarks/README.md, "bf16 mixed precision"), so they keep fp32.
+    The flow trains and samples in bf16 (benchmarks/README.md, "Flow matching")."""
+    if precision == "auto" and get_model_class(model).family == "adversarial":
         return "fp32"
     return resolve_precision(precision, device)
 
@@ -364,13 +379,14 @@ def _finished(run_dir: Path, asked: TrainConfig) -> bool:
     return (asked.epochs, asked.steps) in ((None, None), (saved.epochs, saved.steps))
 
 
-def _evaluate(run, data, seed: int, prior=None) -> str:
+def _evaluate(run, data, seed: int, prior=None, sampler=None) -> str:
     """Measure the run (genlab.evaluate) and store eval.json beside it, for the report; returns
-    the headline line. With a fitted `prior`, samples and bounds are the prior's (eval.json says so in "prior")."""
+    the headline line. With a fitted `prior`, samples and bounds are the prior's (eval.json says so
+    in "prior"); `sampler`: Run.sample's steps and solver for an iterative model."""
     from .evaluate import evaluate_run, write_eval
     from .metrics import HEADLINE
 
-    results = evaluate_run(run, data=data, seed=seed, prior=prior)
+    results = evaluate_run(run, data=data, seed=seed, prior=prior, **(sampler or {}))
     write_eval(run.path, results)
     shown = [f"{k} {results['metrics'][k]:.4g}" for k in HEADLINE if k in results["metrics"]]
     return f"{run.path.name}: {', '.join(shown)}" + (f" (prior: {results['prior']})" if prior is not None else "")
