@@ -117,7 +117,8 @@ def test_the_lab_entries_steps_are_whole_epochs_of_the_offline_digits():
 
     n_train = len(load_dataset("mnist", allow_download=False).train_images)  # the 5,000 digits less the 10% held out
     assert n_train == 4500
-    for name, entry in LAB_ENTRIES.items():
+    for name in ("ae", "vae", "vae-conv16", "gan", "cgan"):  # the entries once budgeted in epochs (not the flow)
+        entry = LAB_ENTRIES[name]
         cfg, model_config = resolve_configs(*entry_configs(entry, None, 0, None, "cpu"))
         per_epoch = math.ceil(n_train / cfg.batch_size)
         assert cfg.steps is not None and cfg.steps % per_epoch == 0, name
