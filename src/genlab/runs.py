@@ -43,6 +43,7 @@ from .limits import (
     safetensors_header,
 )
 from .models import GenerativeModel, get_model_class
+from .models.base import SamplerOptions
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, make_generator, pick_device
 
 CONFIG_FILE = "config.json"
@@ -266,7 +267,7 @@ class Run:
         return None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
-    def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None, steps=None, solver=None, guidance=None) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
         `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
         draw from it instead (batches of one long sample continue one stream).
@@ -282,7 +283,8 @@ class Run:
                 blocks.append(self.decode(prior.sample(b, generator=gen)))
             else:
                 block_labels = None if labels is None else labels[start : start + b]
-                blocks.append(self.model.sample(b, generator=gen, labels=block_labels).cpu())
+                sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
+                blocks.append(self.model.sample(b, generator=gen, labels=block_labels, sampler=sampler).cpu())
         return torch.cat(blocks)
 
     @torch.inference_mode()

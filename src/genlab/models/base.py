@@ -33,6 +33,15 @@ class LossOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How an iterative model integrates its ODE; one-step models ignore it."""
+
+    steps: int | None = None
+    solver: str | None = None
+    guidance: float | None = None
+
+
 class NotSupported(GenlabError):
     """A model was asked for something its capability flags say it cannot do."""
 
@@ -51,6 +60,8 @@ class GenerativeModel(nn.Module):
     can_sample: bool = False  # sample(n): codes from a prior N(0, I), decoded (VAE, AAE, CVAE, GANs)
     has_likelihood: bool = False  # encode_distribution(x), decode_logits(z): ELBO / IWAE bounds (VAE, CVAE)
     conditional: bool = False  # `labels` picks the digit in decode / sample / reconstruct (CVAE, CGAN)
+    iterative: bool = False  # sampling integrates an ODE: sampler.steps sets the cost; trajectory()
+    has_density: bool = False  # an exact density: bits/dim
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -59,7 +70,7 @@ class GenerativeModel(nn.Module):
     @classmethod
     def capabilities(cls) -> dict[str, bool]:
         """The flags above by name: what `genlab eval`, the figures and the explorer can ask of it."""
-        return {name: getattr(cls, name) for name in ("can_encode", "can_sample", "has_likelihood", "conditional")}
+        return {name: getattr(cls, name) for name in ("can_encode", "can_sample", "has_likelihood", "conditional", "iterative", "has_density")}
 
     @classmethod
     def defaults(cls, config: ModelConfig) -> dict:
@@ -132,7 +143,7 @@ class GenerativeModel(nn.Module):
             raise self._unsupported("reconstruct", "can_encode")
         return self.decode(self.encode(x, labels=labels), labels=labels)
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None, sampler: SamplerOptions | None = None) -> torch.Tensor:
         """n images (n, 1, 28, 28) in [0, 1], decoded from z ~ N(0, I) drawn with `generator`.
         A conditional model without labels draws the digits 0, 1, …, 9, 0, … in turn."""
         if not self.can_sample:
@@ -141,6 +152,14 @@ class GenerativeModel(nn.Module):
             labels = check_labels(labels, n, self.device)
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
         return self.decode(z, labels=labels)
+
+    def trajectory(self, n: int, *, generator=None, labels=None, sampler: SamplerOptions | None = None, keep: int = 8) -> torch.Tensor:
+        """(keep, n, 1, 28, 28) images along t from noise to digit (iterative models)."""
+        raise self._unsupported("trajectory", "iterative")
+
+    def nfe(self, sampler: SamplerOptions | None = None) -> int:
+        """Network evaluations per sample."""
+        return 1
 
     def encode_distribution(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gaussian posterior q(z|x): μ (B, D) and log σ² (B, D)."""
