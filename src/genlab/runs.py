@@ -288,6 +288,12 @@ class Run:
         return torch.cat(blocks)
 
     @torch.inference_mode()
+    def trajectory(self, n, seed=0, labels=None, steps=None, solver=None, guidance=None, keep=8) -> torch.Tensor:
+        sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
+        out = self.model.trajectory(n, generator=make_generator(seed, self.device), labels=self._labels(labels), sampler=sampler, keep=keep)
+        return out.float().cpu()
+
+    @torch.inference_mode()
     def encode(self, x, labels=None) -> torch.Tensor:
         return self.model.encode(self._to_model(x), labels=self._labels(labels)).cpu()
 
