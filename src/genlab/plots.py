@@ -237,8 +237,10 @@ def fid_vs_nfe_figure(curves: list[dict]) -> bytes:
         else:
             ax.plot(nfe, fid, "*", markersize=14, color=f"C{i}", label=label + " (one evaluation)")
         for x, y in points:
-            ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
+            ax.annotate(f"{y:.0f}" if y >= 100 else f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({p["nfe"] for c in curves for p in c["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel("FID (classifier features, lower is better)")
