@@ -204,19 +204,20 @@ class Explorer:
         seed, steps = check_seed(body.get("seed")), self.check_steps(body.get("steps"))
         labels = self.check_digits(body.get("digits"), 1)
         guidance = self.check_guidance(body.get("guidance"))
-        return self.integrate(seed, steps, labels, guidance)
-
-    def integrate(self, seed: int, steps: int, labels: torch.Tensor | None, guidance: float | None) -> dict:
-        keep = min(TRAJECTORY_KEEP, steps + 1)
         with self.lock:
-            frames = self.run.trajectory(1, seed=seed, labels=labels, steps=steps, guidance=guidance, keep=keep)[:, 0]  # (k, 1, 28, 28)
+            frames, times = self.trajectory(seed, steps, labels, guidance)
             reading = self.readings(frames[-1:])[0]
-        # the solver keeps the states after round(i·steps/(keep − 1)) steps (models/sampling.integrate)
-        times = [round(round(i * steps / (len(frames) - 1)) / steps, 4) for i in range(len(frames))]
         return {
             "image": image_b64(frames[-1]), "reading": reading, "frames": [image_b64(f) for f in frames], "times": times,
             "steps": steps, "nfe": self.model.nfe(SamplerOptions(steps=steps, guidance=guidance)),
         }
+
+    def trajectory(self, seed: int, steps: int, labels: torch.Tensor | None, guidance: float | None) -> tuple[torch.Tensor, list[float]]:
+        """The states along t (k, 1, 28, 28) of seed's noise solved in `steps` steps, noise first and
+        the sample last (k = TRAJECTORY_KEEP, or steps + 1 if fewer), and their times t."""
+        frames = self.run.trajectory(1, seed=seed, labels=labels, steps=steps, guidance=guidance, keep=min(TRAJECTORY_KEEP, steps + 1))[:, 0]
+        # the solver keeps the states after round(i·steps/(keep − 1)) steps (models/sampling.integrate)
+        return frames, [round(round(i * steps / (len(frames) - 1)) / steps, 4) for i in range(len(frames))]
 
     def interpolate(self, body: dict) -> dict:
         """{"seeds": [a, b], "digits": STRIP digits (conditional)} -> STRIP images from seed a's noise to seed
