@@ -110,7 +110,7 @@ class Explorer:
         self.points: np.ndarray | None = None
         self.point_labels = y_test[keep].numpy()
         if self.model.iterative:  # a 784-D noise image has no plane worth a map: seeds and steps instead
-            self.origin, self.axes, self.ranges = np.zeros(0), np.zeros((0, d)), []
+            self.origin, self.axes, self.ranges = np.zeros(d), np.zeros((0, d)), []
         elif self.model.can_encode:
             codes = run.encode(x_test[keep]).numpy().astype(np.float64)
             self.origin, self.axes = pca_view(codes, 2 + N_SLIDERS)
