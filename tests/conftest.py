@@ -38,9 +38,11 @@ QUIET = dict(progress=False, log=lambda _: None)  # fit(..., **QUIET): no bar, n
 # What each registered model can do, written out by hand: the tests check the models' own
 # capability flags against these, and the CLI, figures and metrics against the flags.
 CAN_ENCODE = {"ae", "vae", "cvae", "aae"}
-CAN_SAMPLE = {"vae", "cvae", "aae", "gan", "dcgan", "cgan", "scgan", "wgan_gp"}
+CAN_SAMPLE = {"vae", "cvae", "aae", "gan", "dcgan", "cgan", "scgan", "wgan_gp", "flow", "cflow"}
 HAS_LIKELIHOOD = {"vae", "cvae"}
-CONDITIONAL = {"cvae", "cgan"}
+CONDITIONAL = {"cvae", "cgan", "cflow"}
+ITERATIVE = {"flow", "cflow"}
+HAS_DENSITY = {"flow", "cflow"}
 
 
 def _refuse_network(*args, **kwargs):

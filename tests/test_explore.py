@@ -25,7 +25,7 @@ from genlab import MODELS, load_run
 from genlab.explore import Explorer, RequestError
 from genlab.explore.server import MAX_BODY
 from genlab.explore.session import MAX_CODES, Z_LIMIT, pca_view
-from genlab.models.base import SamplerOptions
+from genlab.models.sampling import SamplerOptions
 
 
 def pixels(b64: str) -> np.ndarray:

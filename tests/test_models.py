@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CAN_ENCODE, CAN_SAMPLE, CONDITIONAL, HAS_LIKELIHOOD, image_batch
+from conftest import CAN_ENCODE, CAN_SAMPLE, CONDITIONAL, HAS_DENSITY, HAS_LIKELIHOOD, ITERATIVE, image_batch
 from genlab.config import from_dict, to_dict
 from genlab.errors import GenlabError
 from genlab.models import MODELS, GenerativeModel, NotSupported, get_model_class, register
@@ -95,6 +95,7 @@ def test_each_capability_the_flags_promise_works_and_the_others_are_refused(name
     assert type(model).capabilities() == {
         "can_encode": name in CAN_ENCODE, "can_sample": name in CAN_SAMPLE,
         "has_likelihood": name in HAS_LIKELIHOOD, "conditional": name in CONDITIONAL,
+        "iterative": name in ITERATIVE, "has_density": name in HAS_DENSITY,
     }
 
 

@@ -24,6 +24,8 @@ from .errors import GenlabError, one_line
 EXIT_USAGE = 2
 IMAGE_SUFFIXES = (".npy", ".png")  # what sample / reconstruct write: the array, or a grid to look at
 DEFAULT_COMPONENTS = 50  # genlab.prior.DEFAULT_COMPONENTS, repeated so --help does not import torch
+SOLVERS = ("euler", "heun", "midpoint")  # genlab.models.sampling.SOLVERS, likewise
+DENSITY_DIGITS = 500  # genlab.evaluate.DENSITY_DIGITS, likewise
 PRIOR_OPTION = dict(
     choices=("normal", "gmm"),
     default="normal",
@@ -167,6 +169,22 @@ def _fitted_prior(run, choice: str):
     return load_prior(run.path, run.model.config.latent_dim, weights_sha256(run.model))
 
 
+def _sampler_args(args) -> dict:
+    """--steps / --solver / --guidance as Run.sample's keywords (None: the model's default)."""
+    return {"steps": args.steps, "solver": args.solver, "guidance": getattr(args, "guidance", None)}
+
+
+def _add_sampler_options(p, guidance: bool = True) -> None:
+    """The ODE sampler of an iterative model (flow, cflow); one-step models ignore it."""
+    p.add_argument("--steps", type=int, metavar="N", help="solver steps from noise to image, 1 to 1000 (flow models; default: the model's own)")
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver: euler (1 network pass per step), heun or midpoint (2 per step) (default: the model's own)")
+    if guidance:
+        p.add_argument(
+            "--guidance", type=float, metavar="W",
+            help="classifier-free guidance of a conditional flow: v = v_uncond + W (v_cond - v_uncond); 1 = plain conditional, 0 = unconditional (default: the model's own)",
+        )
+
+
 def _output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     """-o checked before any work: a known file type in a folder that exists."""
     target = Path(path)
@@ -189,11 +207,13 @@ def cmd_sample(args) -> None:
         raise GenlabError(f"model '{run.name}' cannot sample (no prior over its latent space); try a vae or gan run")
     if args.digit is not None:
         if not run.model.conditional:
-            raise GenlabError(f"model '{run.name}' is not conditional: --digit needs a conditional model (cvae, cgan)")
+            raise GenlabError(f"model '{run.name}' is not conditional: --digit needs a conditional model (cvae, cgan, cflow)")
         if not 0 <= args.digit <= 9:
             raise GenlabError(f"--digit must be 0 to 9, got {args.digit}")
     prior = _fitted_prior(run, args.prior)
-    shape = write_image_blocks(target, args.n, sample_batches(run, args.n, args.seed, args.digit, prior))
+    sampler = _sampler_args(args)
+    run.sampler(**sampler)  # a bad option or --guidance without classes: one line before any work
+    shape = write_image_blocks(target, args.n, sample_batches(run, args.n, args.seed, args.digit, prior, **sampler))
     print(f"wrote {args.n} samples {shape} to {target}")
 
 
@@ -248,6 +268,8 @@ def cmd_lab(args) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         workers=args.workers,
+        steps=args.steps,
+        solver=args.solver,
     )
     print(f"report: {report}")
 
@@ -273,7 +295,9 @@ def cmd_eval(args) -> None:
     eval_file = PRIOR_EVAL_FILE if args.prior == "gmm" else EVAL_FILE  # eval.json stays N(0, I)'s: the report reads it
     run = _open_run(args)
     prior = _fitted_prior(run, args.prior)
-    results = evaluate_run(run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior)
+    results = evaluate_run(
+        run, seed=args.seed, n_samples=args.n_samples, iw_samples=args.iw_samples, prior=prior, density_digits=args.density_digits, **_sampler_args(args)
+    )
     if not args.no_save:
         write_eval(run.path, results, eval_file)
     if args.json:
@@ -365,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--digit", type=int, help="class to generate (conditional models)")
     p.add_argument("--prior", **PRIOR_OPTION)
+    _add_sampler_options(p)
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_sample)
 
@@ -409,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_sampler_options(p, guidance=False)
     p.add_argument(
         "--workers", type=int, default=LAB_WORKERS,
         help=f"runs trained side by side, one thread each (1: one after another, with progress bars; default: {LAB_WORKERS})",
@@ -435,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--prior", **PRIOR_OPTION)
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval.json (eval-gmm.json with --prior gmm)")
+    _add_sampler_options(p)
+    p.add_argument(
+        "--density-digits", type=int, default=DENSITY_DIGITS, metavar="N",
+        help=f"test digits scored in bits/dim by a model with an exact density (flow; default: {DENSITY_DIGITS})",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("classifier", help="the MNIST classifier behind FID and the class metrics")

@@ -32,6 +32,7 @@ from .data import NUM_CLASSES, DataBundle, cache_dir, fixed_binarization, load_d
 from .errors import GenlabError, RunFolderError
 from .metrics import KNN_NEIGHBOURS, PR_NEIGHBOURS, PROB_EPS, direction, notes_for
 from .models.base import default_labels
+from .models.sampling import SamplerOptions
 from .models.losses import gaussian_kl
 from .limits import EVAL_FIELDS, check_eval_sizes, check_fields, parse_json, read_json_text
 from .utils import atomic_write_json, make_generator, weights_sha256
@@ -39,6 +40,15 @@ from .utils import atomic_write_json, make_generator, weights_sha256
 EVAL_FILE = "eval.json"
 DISTANCE_CHUNK = 2048  # rows of a pairwise-distance block: 2048 × 10k floats = 80 MB
 IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples): bounds memory; larger calls are no faster
+# bits/dim of a flow (benchmarks/README.md, "Flow matching"): the first DENSITY_DIGITS test
+# digits, the ODE solved with DENSITY_SAMPLER; the exact-trace check on DENSITY_CHECK_DIGITS of
+# them with the cheaper DENSITY_CHECK_SAMPLER, against DENSITY_CHECK_PROBES Hutchinson probes each.
+DENSITY_DIGITS = 500
+DENSITY_SAMPLER = SamplerOptions(steps=16, solver="heun")
+DENSITY_BATCH = 250
+DENSITY_CHECK_DIGITS = 2
+DENSITY_CHECK_SAMPLER = SamplerOptions(steps=4, solver="euler")
+DENSITY_CHECK_PROBES = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +379,8 @@ class EvalContext:
     batch_size: int
     prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
     classifier: object | None
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)  # an iterative model's steps / solver / guidance
+    density_digits: int = DENSITY_DIGITS
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     classifier_info: dict = field(default_factory=dict)
@@ -387,6 +399,7 @@ class EvalContext:
         return {
             "n_test": len(self.x_test), "n_train": len(self.data.train_images), "n_samples": self.n_samples,
             "iw_samples": self.iw_samples, "seed": self.seed, "likelihood_seed": self.seed + 1,
+            "density_digits": min(self.density_digits, len(self.x_test)),
         }
 
 
@@ -439,8 +452,18 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
 
     model, n, device = ctx.model, ctx.n_samples, ctx.x_test.device
     asked = default_labels(n, device) if model.conditional else None  # ten classes in turn
-    samples = ctx.run.sample(n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior)
+    s = ctx.sampler
+    samples = ctx.run.sample(
+        n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior, steps=s.steps, solver=s.solver, guidance=s.guidance
+    )
     ctx.notes.append(f"Samples drawn with torch.Generator(seed = {ctx.seed}) on {device}; same run + seed = same numbers.")
+    if model.iterative:
+        used = model.resolve_sampler(s)
+        ctx.notes.append(
+            f"Samples solved from noise with {used.steps} {used.solver} steps ({model.nfe(s)} function evaluations per image"
+            + (f", guidance {used.guidance:g}" if model.conditional else "")
+            + f") in the run's precision ({ctx.run.train_config.precision})."
+        )
     if n < 10000:
         ctx.warnings.append(f"FID and precision/recall from {n} samples: both are biased for small n; compare runs only at equal n")
     if ctx.data.name != "mnist":
@@ -490,6 +513,7 @@ def fid_vs_nfe(
     n_samples: int = NFE_SAMPLES,
     seed: int = 0,
     solver: str = NFE_SOLVER,
+    guidance: float | None = None,
     classifier=None,
     prior=None,
 ) -> dict:
@@ -497,9 +521,9 @@ def fid_vs_nfe(
     `steps` for an iterative model (the same seed, so the same noises: only the integration
     changes), or once for a one-step model (one network evaluation per sample). JSON-ready:
     {"samples", "seed", "solver", "points": [{"steps", "nfe", "fid"}, ...]} in increasing NFE;
-    "fid" is None where the samples were not finite. `prior`: a one-step model's fitted prior."""
+    "fid" is None where the samples were not finite. `guidance`: a conditional flow's (its default
+    when None); `prior`: a one-step model's fitted prior."""
     from .classifier import load_classifier, predict
-    from .models.base import SamplerOptions
 
     model = run.model
     if not model.can_sample:
@@ -508,10 +532,10 @@ def fid_vs_nfe(
         raise GenlabError(f"FID needs at least 2 samples, got {n_samples}")
     classifier = classifier if classifier is not None else load_classifier(device=model.device)
     real = reference_features(data.test_images, classifier, with_radii=False)
-    settings = [SamplerOptions(steps=s, solver=solver) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
+    settings = [SamplerOptions(steps=s, solver=solver, guidance=guidance) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
     points = []
     for sampler in settings:
-        samples = run.sample(n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, prior=prior)
+        samples = run.sample(n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, guidance=sampler.guidance, prior=prior)
         fid = None
         if torch.isfinite(samples).all():
             feats, _ = predict(classifier, samples.to(model.device))
@@ -521,11 +545,56 @@ def fid_vs_nfe(
     return {"samples": n_samples, "seed": seed, "solver": solver if model.iterative else None, "points": points}
 
 
+def dequantize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """8-bit digits x = pixel/255 -> (pixel + u)/256, u ~ U(0, 1): continuous values whose density
+    is a likelihood of the 8-bit digits (Theis et al. 2016, https://arxiv.org/abs/1511.01844)."""
+    return ((x * 255).round() + torch.rand(x.shape, generator=generator, device=x.device)) / 256
+
+
+def bits_per_dim(log_px: torch.Tensor) -> torch.Tensor:
+    """log p(x) in nats of a density on [0, 1]^784 -> bits per pixel of the same density on
+    [0, 256)^784 (the 8-bit scale the papers report): −log₂ p(x)/784 + 8."""
+    return -log_px / (784 * math.log(2)) + 8
+
+
+def density_metrics(ctx: EvalContext) -> dict[str, float]:
+    """bits/dim of the model's exact density (a flow's, by the change of variables) on the
+    first `density_digits` test digits, dequantized; Hutchinson's estimator, its spread, and a
+    check against the exact trace on a few digits."""
+    model, n = ctx.model, min(ctx.density_digits, len(ctx.x_test))
+    gen = make_generator(ctx.seed + 2, ctx.x_test.device)
+    with torch.inference_mode(False):  # the divergence needs autograd
+        x = dequantize(ctx.x_test[:n].clone(), gen)
+        bpd = torch.cat([bits_per_dim(model.log_density(x[i : i + DENSITY_BATCH], generator=gen, sampler=DENSITY_SAMPLER)) for i in range(0, n, DENSITY_BATCH)])
+        check = x[:DENSITY_CHECK_DIGITS]
+        exact = bits_per_dim(model.log_density(check, exact=True, sampler=DENSITY_CHECK_SAMPLER))
+        probes = check.repeat(DENSITY_CHECK_PROBES, 1, 1, 1)  # probe-major: (P·C, 1, 28, 28)
+        hutch = bits_per_dim(model.log_density(probes, generator=gen, sampler=DENSITY_CHECK_SAMPLER)).view(DENSITY_CHECK_PROBES, -1)
+    values = {
+        "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_sem": float(bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        "bits_per_dim_probe_std": float(hutch.std(0).mean()),
+        "bits_per_dim_check_error": float((hutch.mean(0) - exact).abs().max()),
+    }
+    used = model.resolve_sampler(DENSITY_SAMPLER)
+    ctx.notes.append(
+        f"bits_per_dim: the ODE solved from each digit back to the noise with {used.steps} {used.solver} steps in float32; "
+        f"test digits 0 to {n - 1}, dequantized with torch.Generator(seed + 2 = {ctx.seed + 2}). Check on digits 0 to "
+        f"{len(check) - 1} with {DENSITY_CHECK_SAMPLER.steps} {DENSITY_CHECK_SAMPLER.solver} steps: exact trace "
+        f"{', '.join(f'{v:.4f}' for v in exact.tolist())} bits/dim vs the mean of {DENSITY_CHECK_PROBES} Hutchinson probes "
+        f"{', '.join(f'{v:.4f}' for v in hutch.mean(0).tolist())}."
+    )
+    if not math.isfinite(values["bits_per_dim"]):
+        ctx.warnings.append("bits_per_dim is not finite: the flow's ODE diverged on some test digits")
+    return values
+
+
 # Each group, the capability it needs and its function, in the order eval.json lists them.
 GROUPS = (
     ("reconstruction", "can_encode", reconstruction_metrics),
     ("latent", "can_encode", latent_metrics),
     ("likelihood", "has_likelihood", likelihood_metrics),
+    ("density", "has_density", density_metrics),
     ("samples", "can_sample", sample_metrics),
 )
 
@@ -540,13 +609,20 @@ def evaluate_run(
     batch_size: int = 1000,
     classifier=None,
     prior=None,
+    steps: int | None = None,
+    solver: str | None = None,
+    guidance: float | None = None,
+    density_digits: int = DENSITY_DIGITS,
     nfe_samples: int | None = None,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
     "seconds": {group: float}, "classifier": {...}}, and for a model that samples "fid_vs_nfe"
-    (`fid_vs_nfe`, `nfe_samples` per point: by default NFE_SAMPLES or n_samples if fewer; 0 leaves it out). Same run, data and seed -> the same numbers.
-    `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I)."""
+    (`fid_vs_nfe`, `nfe_samples` per point: by default NFE_SAMPLES or n_samples if fewer; 0 leaves it out).
+    Same run, data and seed -> the same numbers.
+    `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I).
+    `steps`, `solver`, `guidance`: an iterative model's sampler (its defaults when None; ignored by
+    one-step models); `density_digits`: test digits scored in bits/dim (models with a density)."""
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
@@ -561,7 +637,10 @@ def evaluate_run(
     x_test, y_test = data.tensors("test", run.model.device)
     if run.train_config.binarize:  # the run learned binary pixels: score the same fixed binary test digits as its loss curves
         x_test = fixed_binarization(x_test)
-    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, batch_size, prior, classifier)
+    sampler = run.sampler(steps, solver, guidance)
+    if density_digits < 2:
+        raise GenlabError(f"density_digits must be at least 2, got {density_digits}")
+    ctx = EvalContext(run, data, x_test, y_test, seed, n_samples, iw_samples, batch_size, prior, classifier, sampler, density_digits)
     trained_on = other_training_data(run.info, data)
     if trained_on:
         ctx.warnings.append(
@@ -585,7 +664,7 @@ def evaluate_run(
     nfe_samples = min(NFE_SAMPLES, n_samples) if nfe_samples is None else nfe_samples
     if run.model.can_sample and nfe_samples:
         t = time.perf_counter()
-        curve = fid_vs_nfe(run, data, n_samples=nfe_samples, seed=seed, classifier=classifier, prior=prior)
+        curve = fid_vs_nfe(run, data, n_samples=nfe_samples, seed=seed, guidance=sampler.guidance, classifier=classifier, prior=prior)
         curve["seconds"] = round(time.perf_counter() - t, 3)  # beside the curve: "seconds" holds the metric groups'
         ctx.notes.append(
             f"fid_vs_nfe: FID of {nfe_samples} samples (seed {seed}) against the {len(x_test)} test digits at each number of "
@@ -601,6 +680,8 @@ def evaluate_run(
         "prior": "standard normal" if prior is None else f"gaussian mixture ({prior.components})",
         "n_samples": n_samples if run.model.can_sample else 0,
         "iw_samples": iw_samples if "iwae_log_px_nats" in metrics else 0,
+        "sampler": _sampler_record(run.model, sampler),
+        "density_digits": min(density_digits, len(x_test)) if "bits_per_dim" in metrics else 0,
         "n_test": int(len(x_test)),
         "metrics": metrics,
         "notes": [_split_note(data, x_test, run.train_config.binarize), *notes_for(metrics, ctx.context()), *ctx.notes],
@@ -611,6 +692,14 @@ def evaluate_run(
     if curve is not None:
         results["fid_vs_nfe"] = curve
     return results
+
+
+def _sampler_record(model, sampler: SamplerOptions) -> dict:
+    """eval.json's "sampler": what an iterative model's samples were solved with, and their cost."""
+    if not (model.iterative and model.can_sample):
+        return {"nfe": model.nfe(sampler)}
+    used = model.resolve_sampler(sampler)
+    return {"steps": used.steps, "solver": used.solver, "guidance": used.guidance if model.conditional else None, "nfe": model.nfe(sampler)}
 
 
 def _split_note(data: DataBundle, x_test: torch.Tensor, binarized: bool) -> str:

@@ -37,7 +37,7 @@ def sample_diversity(model: GenerativeModel, seed: int, n: int = DIVERSITY_SAMPL
     was_training = model.training
     model.eval()
     try:
-        x = model.sample(n, generator=gen, labels=labels).flatten(1).float()  # (n, 784)
+        x = model.sample(n, generator=gen, labels=labels, sampler=model.health_sampler()).flatten(1).float()  # (n, 784)
     finally:
         model.train(was_training)
     distances = torch.cdist(x, x)  # (n, n), zero diagonal

@@ -29,6 +29,7 @@ from .distributed import env_rank
 from .errors import GenlabError, RunFolderError
 from .lock import LOCK_FILE, RunFolderLock
 from .models import get_model_class
+from .models.sampling import SamplerOptions
 from .precision import resolve_precision
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
 from .train import TRAIN_FIELDS, fit
@@ -114,11 +115,14 @@ def run_lab(
     progress: bool = True,
     log: Callable[[str], None] = print,
     workers: int = WORKERS,
+    steps: int | None = None,
+    solver: str | None = None,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
     `workers` > 1: that many entries at a time, each in its own single-thread process. `precision`
     "auto" is resolved once, for this machine and each entry (`lab_precision`), to the concrete
-    value each run records."""
+    value each run records. `steps`, `solver`: the sampler the iterative models (flow) are
+    evaluated with (their own defaults when None)."""
     from .report import write_report
 
     if workers < 1:
@@ -129,6 +133,8 @@ def run_lab(
     if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
+    sampler = {"steps": steps, "solver": solver}
+    SamplerOptions(**sampler)  # a bad option: one line before anything is trained
     # Every entry's configs, built (and so checked) before anything is written.
     configs = {e.name: entry_configs(e, epochs, seed, data_dir, device, lab_precision(e.model, precision, pick_device(device))) for e in entries}
     if out_dir.exists() and not out_dir.is_dir():
@@ -142,7 +148,7 @@ def run_lab(
         log(f"data: {data.source}")
         for note in data.notes:
             log(f"data: {note}")
-        jobs = [(entry, out_dir / entry.name, *configs[entry.name], resume, overwrite) for entry in entries]
+        jobs = [(entry, out_dir / entry.name, *configs[entry.name], resume, overwrite, sampler) for entry in entries]
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
                 _run_entry(*job, data=data, progress=progress, log=log)
@@ -202,7 +208,7 @@ def _cost(entry: LabEntry) -> int:
     return 2 if get_model_class(entry.model).family == "adversarial" else int(entry.fit_prior)
 
 
-def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, data=None, progress=True, log=None) -> list[str]:
+def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, sampler, data=None, progress=True, log=None) -> list[str]:
     """Train (or reuse) one entry with its configs (`entry_configs`), draw its figures, measure
     it. Logs through `log`, or, in a worker process (log None), returns the lines for the parent
     to print."""
@@ -227,7 +233,7 @@ def _run_entry(entry, run_dir, train_config, model_config, resume, overwrite, da
         x_train, _ = data.tensors("train", run.device)
         prior, _, _ = fit_run_prior(run, x_train, seed=seed, data_sha256=data.sha256)
     plots.make_figures(run, data, seed=seed, prior=prior)
-    _evaluate(run, data, seed, say, prior)
+    _evaluate(run, data, seed, say, prior, sampler)
     return lines
 
 
@@ -247,13 +253,13 @@ def _finished(run_dir: Path, epochs: int | None) -> bool:
     return epochs is None or train_config.epochs == epochs
 
 
-def _evaluate(run, data, seed: int, log, prior=None) -> None:
+def _evaluate(run, data, seed: int, log, prior=None, sampler=None) -> None:
     """Measure the run (genlab.evaluate) and store eval.json beside it, for the report; with a
     fitted `prior`, samples and bounds are the prior's (eval.json says so in "prior")."""
     from .evaluate import evaluate_run, write_eval
     from .metrics import HEADLINE
 
-    results = evaluate_run(run, data=data, seed=seed, prior=prior)
+    results = evaluate_run(run, data=data, seed=seed, prior=prior, **(sampler or {}))
     write_eval(run.path, results)
     shown = [f"{k} {results['metrics'][k]:.4g}" for k in HEADLINE if k in results["metrics"]]
     log(f"{run.path.name}: {', '.join(shown)}" + (f" (prior: {results['prior']})" if prior is not None else ""))

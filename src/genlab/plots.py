@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from .data import DataBundle, load_dataset  # noqa: E402
 from .errors import RunFolderError  # noqa: E402
-from .models.base import SamplerOptions  # noqa: E402
+from .models.sampling import SamplerOptions  # noqa: E402
 from .runs import FIGURES_DIR, Run  # noqa: E402
 from .utils import atomic_write_bytes, make_generator  # noqa: E402
 

@@ -30,7 +30,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from . import __version__
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
-from .errors import RunFolderError
+from .errors import GenlabError, RunFolderError
 from .limits import (
     METRICS_ROW_FIELDS,
     SAMPLE_BATCH,
@@ -43,7 +43,8 @@ from .limits import (
     safetensors_header,
 )
 from .models import GenerativeModel, get_model_class
-from .models.base import SamplerOptions
+from .models.sampling import SamplerOptions
+from .precision import forward_context
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, make_generator, pick_device
 
 CONFIG_FILE = "config.json"
@@ -266,31 +267,58 @@ class Run:
     def _labels(self, labels) -> torch.Tensor | None:
         return None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
+    def sampler(self, steps: int | None = None, solver: str | None = None, guidance: float | None = None) -> SamplerOptions:
+        """Sampler options checked against the model: one line for a bad value, or for guidance
+        asked of a model without classes to guide by."""
+        sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
+        if guidance is not None and not self.model.conditional:
+            raise GenlabError(f"--guidance needs a conditional model (cflow); '{self.name}' has no classes to guide towards")
+        return sampler
+
     @torch.inference_mode()
-    def sample(self, n: int, seed: int = 0, labels=None, prior=None, generator=None, steps=None, solver=None, guidance=None) -> torch.Tensor:
+    def sample(
+        self, n: int, seed: int = 0, labels=None, prior=None, generator=None,
+        steps: int | None = None, solver: str | None = None, guidance: float | None = None,
+    ) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
         `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
-        draw from it instead (batches of one long sample continue one stream).
+        draw from it instead (batches of one long sample continue one stream). `steps`, `solver`,
+        `guidance`: an iterative model's sampler (models.sampling.SamplerOptions; None: the
+        model's default); one-step models ignore them.
         Drawn SAMPLE_BATCH images at a time from the one generator, so the network's activations
-        stay bounded whatever n is (a conditional model's default digits still cycle 0..9)."""
+        stay bounded whatever n is (a conditional model's default digits still cycle 0..9).
+        An iterative model samples under the precision it trained in (bf16 autocast where it
+        did): its cost is steps × a network pass, and the solver's state stays float32."""
+        sampler = self.sampler(steps, solver, guidance)
         gen = generator if generator is not None else make_generator(seed, self.device)
         labels = self._labels(labels)
         prior = None if prior is None else prior.to(self.device)
         blocks = []
-        for start in range(0, max(n, 1), SAMPLE_BATCH):  # n = 0: one empty block, of the right shape
-            b = min(SAMPLE_BATCH, n - start)
-            if prior is not None:
-                blocks.append(self.decode(prior.sample(b, generator=gen)))
-            else:
-                block_labels = None if labels is None else labels[start : start + b]
-                sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
-                blocks.append(self.model.sample(b, generator=gen, labels=block_labels, sampler=sampler).cpu())
+        with self.sampling_precision():
+            for start in range(0, max(n, 1), SAMPLE_BATCH):  # n = 0: one empty block, of the right shape
+                b = min(SAMPLE_BATCH, n - start)
+                if prior is not None:
+                    blocks.append(self.decode(prior.sample(b, generator=gen)))
+                else:
+                    block_labels = None if labels is None else labels[start : start + b]
+                    blocks.append(self.model.sample(b, generator=gen, labels=block_labels, sampler=sampler).float().cpu())
         return torch.cat(blocks)
 
+    def sampling_precision(self):
+        """The autocast context samples are drawn in: the run's own precision for an iterative
+        model, float32 for the rest (their one pass is cheap; metrics stay comparable)."""
+        return forward_context(self.train_config.precision if self.model.iterative else "fp32", self.device)
+
     @torch.inference_mode()
-    def trajectory(self, n, seed=0, labels=None, steps=None, solver=None, guidance=None, keep=8) -> torch.Tensor:
-        sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
-        out = self.model.trajectory(n, generator=make_generator(seed, self.device), labels=self._labels(labels), sampler=sampler, keep=keep)
+    def trajectory(
+        self, n: int, seed: int = 0, labels=None, steps: int | None = None, solver: str | None = None,
+        guidance: float | None = None, keep: int = 8,
+    ) -> torch.Tensor:
+        """(keep, n, 1, 28, 28): n samples of an iterative model along t, noise first (the
+        model's `trajectory`), drawn with the same noise as `sample(n, seed)`."""
+        sampler = self.sampler(steps, solver, guidance)
+        with self.sampling_precision():
+            out = self.model.trajectory(n, generator=make_generator(seed, self.device), labels=self._labels(labels), sampler=sampler, keep=keep)
         return out.float().cpu()
 
     @torch.inference_mode()

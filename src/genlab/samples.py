@@ -45,15 +45,15 @@ def check_image_output(target: Path, n: int) -> None:
         raise GenlabError(f"cannot write {target}: {n:,} images need {needed:,} bytes and {target.parent} has {free:,} free")
 
 
-def sample_batches(run, n: int, seed: int = 0, digit: int | None = None, prior=None) -> Iterator[np.ndarray]:
+def sample_batches(run, n: int, seed: int = 0, digit: int | None = None, prior=None, **sampler) -> Iterator[np.ndarray]:
     """n samples of `run` as float32 blocks (b, 28, 28) of at most SAMPLE_BATCH images, drawn
-    from one generator seeded by `seed`: together, exactly `run.sample(n, seed)`, which draws in
-    the same blocks."""
+    from one generator seeded by `seed`: together, exactly `run.sample(n, seed, **sampler)`, which
+    draws in the same blocks (`sampler`: steps, solver, guidance of an iterative model)."""
     generator = make_generator(seed, run.device)
     for start in range(0, n, SAMPLE_BATCH):
         b = min(SAMPLE_BATCH, n - start)
         labels = None if digit is None else [digit] * b
-        yield run.sample(b, labels=labels, prior=prior, generator=generator).squeeze(1).numpy().astype(np.float32)
+        yield run.sample(b, labels=labels, prior=prior, generator=generator, **sampler).squeeze(1).numpy().astype(np.float32)
 
 
 def write_image_blocks(target: Path, n: int, blocks: Iterable[np.ndarray]) -> tuple[int, ...]:

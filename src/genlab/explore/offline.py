@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ..data import DataBundle
-from ..models.base import SamplerOptions
+from ..models.sampling import SamplerOptions
 from ..plots import tile
 from ..runs import Run, load_run
 from .server import page_asset

@@ -22,7 +22,7 @@ import torch
 from ..classifier import load_classifier
 from ..data import DataBundle, load_dataset
 from ..errors import GenlabError
-from ..models.base import SamplerOptions
+from ..models.sampling import SamplerOptions
 from ..plots import slerp
 from ..runs import Run
 from ..utils import make_generator

@@ -31,6 +31,6 @@ def get_model_class(name: str) -> type[GenerativeModel]:
 
 
 # Importing the files fills the registry.
-from . import aae, ae, cgan, cvae, dcgan, gan, scgan, vae, wgan_gp  # noqa: E402,F401
+from . import aae, ae, cgan, cvae, dcgan, flow, gan, scgan, vae, wgan_gp  # noqa: E402,F401
 
 __all__ = ["MODELS", "GenerativeModel", "LossOutput", "NotSupported", "get_model_class", "register"]

@@ -23,6 +23,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..data import NUM_CLASSES
 from ..errors import GenlabError
+from .sampling import SamplerOptions
 
 
 @dataclass
@@ -31,15 +32,6 @@ class LossOutput:
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SamplerOptions:
-    """How an iterative model integrates its ODE; one-step models ignore it."""
-
-    steps: int | None = None
-    solver: str | None = None
-    guidance: float | None = None
 
 
 class NotSupported(GenlabError):
@@ -51,7 +43,7 @@ class GenerativeModel(nn.Module):
     and implements `loss`, `decode` and whatever its flags promise."""
 
     config_class: type[ModelConfig] = ModelConfig
-    family: str = "reconstruction"  # "reconstruction" or "adversarial": the report groups by it
+    family: str = "reconstruction"  # "reconstruction", "adversarial" or "flow": the report groups by it
     phases: tuple[str, ...] = ("model",)  # optimizer groups, in the order they step each batch
     adam_betas: tuple[float, float] = (0.9, 0.999)
 
@@ -60,8 +52,10 @@ class GenerativeModel(nn.Module):
     can_sample: bool = False  # sample(n): codes from a prior N(0, I), decoded (VAE, AAE, CVAE, GANs)
     has_likelihood: bool = False  # encode_distribution(x), decode_logits(z): ELBO / IWAE bounds (VAE, CVAE)
     conditional: bool = False  # `labels` picks the digit in decode / sample / reconstruct (CVAE, CGAN)
-    iterative: bool = False  # sampling integrates an ODE: sampler.steps sets the cost; trajectory()
-    has_density: bool = False  # an exact density: bits/dim
+    # True: a sample integrates an ODE, `sampler.steps` sets its cost (nfe(sampler) network passes
+    # per image, not one); trajectory() shows the way from noise to digit (flow)
+    iterative: bool = False
+    has_density: bool = False  # log_density(x): an exact log-likelihood of grey digits, reported in bits/dim (flow)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -70,7 +64,7 @@ class GenerativeModel(nn.Module):
     @classmethod
     def capabilities(cls) -> dict[str, bool]:
         """The flags above by name: what `genlab eval`, the figures and the explorer can ask of it."""
-        return {name: getattr(cls, name) for name in ("can_encode", "can_sample", "has_likelihood", "conditional", "iterative", "has_density")}
+        return {name: getattr(cls, name) for name in CAPABILITIES}
 
     @classmethod
     def defaults(cls, config: ModelConfig) -> dict:
@@ -143,9 +137,12 @@ class GenerativeModel(nn.Module):
             raise self._unsupported("reconstruct", "can_encode")
         return self.decode(self.encode(x, labels=labels), labels=labels)
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None, sampler: SamplerOptions | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None, sampler: SamplerOptions | None = None
+    ) -> torch.Tensor:
         """n images (n, 1, 28, 28) in [0, 1], decoded from z ~ N(0, I) drawn with `generator`.
-        A conditional model without labels draws the digits 0, 1, …, 9, 0, … in turn."""
+        A conditional model without labels draws the digits 0, 1, …, 9, 0, … in turn.
+        `sampler`: steps / solver / guidance of an iterative model; a one-step model ignores it."""
         if not self.can_sample:
             raise self._unsupported("sample", "can_sample")
         if self.conditional:
@@ -153,13 +150,30 @@ class GenerativeModel(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
         return self.decode(z, labels=labels)
 
-    def trajectory(self, n: int, *, generator=None, labels=None, sampler: SamplerOptions | None = None, keep: int = 8) -> torch.Tensor:
-        """(keep, n, 1, 28, 28) images along t from noise to digit (iterative models)."""
+    def nfe(self, sampler: SamplerOptions | None = None) -> int:
+        """Network function evaluations per sample under `sampler`: 1 for a one-step model."""
+        return 1
+
+    def health_sampler(self) -> SamplerOptions | None:
+        """The sampler of the per-epoch health samples (genlab.health): None, the model's default;
+        an iterative model names a cheap one, so an epoch's end stays cheap."""
+        return None
+
+    def trajectory(
+        self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
+        sampler: SamplerOptions | None = None, keep: int = 8,
+    ) -> torch.Tensor:
+        """(keep, n, 1, 28, 28) in [0, 1]: n samples at `keep` evenly spaced steps along t, from
+        the noise (first) to the sample (last), drawn exactly as `sample` draws them."""
         raise self._unsupported("trajectory", "iterative")
 
-    def nfe(self, sampler: SamplerOptions | None = None) -> int:
-        """Network evaluations per sample."""
-        return 1
+    def log_density(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, exact: bool = False, sampler: SamplerOptions | None = None
+    ) -> torch.Tensor:
+        """log p(x) (B,) in nats of images (B, 1, 28, 28) in [0, 1] under the model's density on
+        [0, 1]^784 (a flow: Hutchinson's estimate with probes from `generator`, or the exact trace;
+        its ODE solved with `sampler`'s steps and solver). Needs autograd: not in inference mode."""
+        raise self._unsupported("log_density", "has_density")
 
     def encode_distribution(self, x: torch.Tensor, *, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gaussian posterior q(z|x): μ (B, D) and log σ² (B, D)."""
@@ -174,6 +188,9 @@ class GenerativeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.config.latent_dim}"
+
+
+CAPABILITIES = ("can_encode", "can_sample", "has_likelihood", "conditional", "iterative", "has_density")
 
 
 def check_digit(name: str, value: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -211,3 +212,102 @@ def label_input(z: torch.Tensor, labels: torch.Tensor | None, default_digit: int
     if labels is None:
         labels = torch.full((z.shape[0],), default_digit, dtype=torch.long, device=z.device)
     return torch.cat([z, F.one_hot(labels, NUM_CLASSES).to(z.dtype)], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# A small U-Net for a velocity field v(x, t) (the flow model): residual blocks with group norm
+# and SiLU, a sinusoidal time embedding added in every block, no attention at 28×28
+# (the DDPM U-Net of Ho et al. 2020 without its attention layers, sized for a CPU).
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Times t (B,) in [0, 1] -> (B, dim) sines and cosines at geometric frequencies
+    (Vaswani et al. 2017), of t·scale so that t's small steps still turn the fast ones."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * scale * freqs[None, :]  # (B, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def _groups(channels: int) -> int:
+    """Group norm's groups: 8 where they divide the channels (Wu & He 2018 use 32 on wider nets)."""
+    return math.gcd(8, channels)
+
+
+class ResBlock(nn.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x))) + emb))) with a 1×1 skip when the width changes.
+    (No zero-initialised last conv as in DDPM: every weight gets a gradient from the first step.)"""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(_groups(c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]  # (B, C, 1, 1): the time (and class) for every pixel
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class UNet(nn.Module):
+    """(x (B, 1, 28, 28), t (B,), optional class c (B,)) -> (B, 1, 28, 28).
+
+    `channels[i]` is the width at resolution i (28, 14, 7 for three entries), with
+    `blocks` residual blocks per resolution on the way down and on the way up (each up block
+    reads the skip of its level); `num_classes` > 0 adds a learned class embedding to the time
+    embedding (index num_classes - 1 can serve as a "no class" token for guidance)."""
+
+    def __init__(self, channels: tuple[int, ...], blocks: int = 1, num_classes: int = 0):
+        super().__init__()
+        c0 = channels[0]
+        self.emb_dim = emb_dim = 4 * c0
+        self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        self.conv_in = nn.Conv2d(1, c0, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips = []
+        c = c0
+        for level, width in enumerate(channels):
+            for _ in range(blocks):
+                self.down.append(ResBlock(c, width, emb_dim))
+                c = width
+                skips.append(c)
+            if level < len(channels) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # 28 -> 14 -> 7
+        self.mid = ResBlock(c, c, emb_dim)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level, width in reversed(list(enumerate(channels))):
+            for _ in range(blocks):
+                self.up.append(ResBlock(c + skips.pop(), width, emb_dim))
+                c = width
+            if level > 0:
+                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+        self.norm_out, self.conv_out = nn.GroupNorm(_groups(c), c), nn.Conv2d(c, 1, 3, padding=1)
+        self.levels, self.blocks = len(channels), blocks
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(sinusoidal_embedding(t, self.time_mlp[0].in_features))  # (B, E)
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(c)
+        h = self.conv_in(x)
+        skips, blocks = [], iter(self.down)
+        for level in range(self.levels):
+            for _ in range(self.blocks):
+                h = next(blocks)(h, emb)
+                skips.append(h)
+            if level < self.levels - 1:
+                h = self.downsample[level](h)
+        h = self.mid(h, emb)
+        blocks = iter(self.up)
+        for i, level in enumerate(reversed(range(self.levels))):
+            for _ in range(self.blocks):
+                h = next(blocks)(torch.cat([h, skips.pop()], dim=1), emb)
+            if level > 0:
+                h = self.upsample[i](h)
+        return self.conv_out(F.silu(self.norm_out(h)))
