@@ -626,7 +626,8 @@ def evaluate_run(
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
-        run = load_run(run)
+        with torch.inference_mode(False):  # normal weights: the density's divergence takes gradients through them
+            run = load_run(run)
     check_eval_sizes(n_samples, iw_samples)
     if n_samples <= PR_NEIGHBOURS or iw_samples < 1:
         raise GenlabError(
