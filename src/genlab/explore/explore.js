@@ -183,15 +183,32 @@
     return z.map(function (v) { return Math.round(v * 1e5) / 1e5; });
   };
 
+  // The explorer's first line (model, family, what its input is) with the status beside it.
+  function buildHead(ex, what) {
+    var info = ex.info;
+    ex.root.textContent = "";
+    ex.status = el("span", { class: "gx-status" });
+    ex.root.appendChild(el("div", { class: "gx-head" }, [
+      el("b", { text: info.model }), document.createTextNode(" · " + info.family + " · " + what + (info.conditional ? " · conditional" : "")), ex.status,
+    ]));
+  }
+
+  // The picture beside its nearest training digit, with the canvases and texts showReading fills.
+  function buildPair(ex, caption) {
+    ex.digitCanvas = el("canvas", { class: "gx-digit", width: 168, height: 168, "aria-label": caption });
+    ex.reading = el("div", { class: "gx-reading", text: "…" });
+    ex.nearCanvas = el("canvas", { class: "gx-near", width: 84, height: 84, "aria-label": "nearest training digit" });
+    ex.nearInfo = el("div", { class: "gx-nearinfo" });
+    ex.zText = el("div", { class: "gx-z" });
+    return el("div", { class: "gx-pair" }, [
+      el("div", {}, [el("div", { class: "gx-caption", text: caption }), ex.digitCanvas, ex.reading]),
+      el("div", {}, [el("div", { class: "gx-caption", text: "nearest training digit (pixels)" }), ex.nearCanvas, ex.nearInfo]),
+    ]);
+  }
+
   Explorer.prototype.build = function () {
     var info = this.info, self = this, names = info.class_names;
-    this.root.textContent = "";
-    this.status = el("span", { class: "gx-status" });
-    this.root.appendChild(el("div", { class: "gx-head" }, [
-      el("b", { text: info.model }),
-      document.createTextNode(" · " + info.family + " · " + info.latent_dim + "-D latent" + (info.conditional ? " · conditional" : "")),
-      this.status,
-    ]));
+    buildHead(this, info.latent_dim + "-D latent");
     this.map = el("canvas", { class: "gx-map", width: MAP, height: MAP, tabindex: "0", "aria-label": "latent map: move the pointer to decode" });
     var axisText = info.axis_names[0] + " → right, " + info.axis_names[1] + " ↑ up";
     if (info.can_encode) axisText += info.latent_dim > 2 ? "; a plane through the codes (PCA)" : "";
@@ -205,11 +222,7 @@
     var mapHelp = info.points ? "Dots: test digits' codes. Move over the map to decode; drag to interpolate." : "Move over the map to decode; drag to interpolate.";
     var mapBox = el("div", { class: "gx-mapbox" }, [this.map, el("div", { class: "gx-axes", text: axisText }), legend, el("div", { class: "gx-note", text: mapHelp })]);
 
-    this.digitCanvas = el("canvas", { class: "gx-digit", width: 168, height: 168, "aria-label": "decoded digit" });
-    this.reading = el("div", { class: "gx-reading", text: "…" });
-    this.nearCanvas = el("canvas", { class: "gx-near", width: 84, height: 84, "aria-label": "nearest training digit" });
-    this.nearInfo = el("div", { class: "gx-nearinfo" });
-    this.zText = el("div", { class: "gx-z" });
+    var pair = buildPair(this, "decoded");
     var controls = el("div", { class: "gx-controls" });
     if (info.conditional) {
       this.picker = el("div", { class: "gx-picker", role: "group", "aria-label": "digit" });
@@ -239,13 +252,7 @@
     })(k);
     if (info.latent_dim > this.k) controls.appendChild(el("div", { class: "gx-note", text: "The map and sliders move along the first " + this.k + " of " + info.latent_dim + " directions; the rest stay " + (info.can_encode ? "at the codes' mean." : "as the seed drew them.") }));
 
-    var side = el("div", { class: "gx-side" }, [
-      el("div", { class: "gx-pair" }, [
-        el("div", {}, [el("div", { class: "gx-caption", text: "decoded" }), this.digitCanvas, this.reading]),
-        el("div", {}, [el("div", { class: "gx-caption", text: "nearest training digit (pixels)" }), this.nearCanvas, this.nearInfo]),
-      ]),
-      this.zText, controls,
-    ]);
+    var side = el("div", { class: "gx-side" }, [pair, this.zText, controls]);
     this.root.appendChild(el("div", { class: "gx-main" }, [mapBox, side]));
     this.stripCaption = el("div", { class: "gx-caption", text: info.can_encode || !this.source.canSeed ? "Interpolation: drag across the map." : "Interpolation: drag across the map, or between two seeds." });
     this.strip = el("div", { class: "gx-strip" });
@@ -488,18 +495,8 @@
 
   FlowExplorer.prototype.build = function () {
     var info = this.info, self = this, sampler = info.sampler;
-    this.root.textContent = "";
-    this.status = el("span", { class: "gx-status" });
-    this.root.appendChild(el("div", { class: "gx-head" }, [
-      el("b", { text: info.model }),
-      document.createTextNode(" · " + info.family + " · noise of " + info.latent_dim + " numbers, integrated step by step" + (info.conditional ? " · conditional" : "")),
-      this.status,
-    ]));
-    this.digitCanvas = el("canvas", { class: "gx-digit", width: 168, height: 168, "aria-label": "the sample" });
-    this.reading = el("div", { class: "gx-reading", text: "…" });
-    this.nearCanvas = el("canvas", { class: "gx-near", width: 84, height: 84, "aria-label": "nearest training digit" });
-    this.nearInfo = el("div", { class: "gx-nearinfo" });
-    this.zText = el("div", { class: "gx-z" });
+    buildHead(this, "noise of " + info.latent_dim + " numbers, integrated step by step");
+    var pair = buildPair(this, "sample");
     var controls = el("div", { class: "gx-controls" });
     if (this.live) {
       this.seedInput = el("input", { type: "number", class: "gx-seed", min: "0", max: String(info.limits.max_seed), value: "0", "aria-label": "seed" });
@@ -545,13 +542,7 @@
       controls.appendChild(el("label", {}, [document.createTextNode("from this seed's noise to seed"), this.seedB, interp]));
     }
     controls.appendChild(el("div", { class: "gx-note", text: "Each step is one more pass of the network (two with Heun's solver): more steps follow the learned field more closely." }));
-    var side = el("div", { class: "gx-side" }, [
-      el("div", { class: "gx-pair" }, [
-        el("div", {}, [el("div", { class: "gx-caption", text: "sample" }), this.digitCanvas, this.reading]),
-        el("div", {}, [el("div", { class: "gx-caption", text: "nearest training digit (pixels)" }), this.nearCanvas, this.nearInfo]),
-      ]),
-      this.zText,
-    ]);
+    var side = el("div", { class: "gx-side" }, [pair, this.zText]);
     this.root.appendChild(el("div", { class: "gx-main" }, [side, el("div", { class: "gx-side" }, [controls])]));
     this.trajectory = el("div", { class: "gx-strip gx-trajectory" });
     this.root.appendChild(el("div", {}, [el("div", { class: "gx-caption", text: "Along t: the noise (left) becoming the sample (right)" }), this.trajectory]));
