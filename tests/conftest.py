@@ -179,6 +179,33 @@ def fit_killed_after(steps: int, *args, **kwargs):
         train._kill_after_steps = None
 
 
+TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: the only metrics fields two runs may differ in
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock fields, to compare two runs' logs."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """A run folder's model.safetensors tensors."""
+    from genlab.runs import WEIGHTS_FILE, load_tensors
+
+    return load_tensors(run_dir / WEIGHTS_FILE)[0]
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str = "tensors") -> None:
+    """The same names, each bitwise equal."""
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{what} differ: {different}"
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two run folders' final weights are bitwise equal (a resumed run and the uninterrupted one)."""
+    assert_same_tensors(weights(a), weights(b), "weights")
+
+
 TINY_CLI_OPTIONS = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet"]
 
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import CAN_ENCODE, CAN_SAMPLE, HAS_LIKELIHOOD
+from conftest import CAN_ENCODE, CAN_SAMPLE, HAS_DENSITY, HAS_LIKELIHOOD
 from genlab import MODELS, load_run
 from genlab.cli import main
 from genlab.data import cache_dir, fixed_binarization
@@ -252,7 +252,7 @@ def test_iwae_memory_split_does_not_change_the_bound_much(digits):
 # evaluate_run, eval.json and `genlab eval`
 # --------------------------------------------------------------------------------------------
 
-SMALL = dict(n_samples=300, iw_samples=8)
+SMALL = dict(n_samples=300, iw_samples=8, steps=2, density_digits=4)  # a flow: 2 solver steps, bits/dim of 4 digits
 
 
 def _expected_metrics(model) -> set[str]:
@@ -265,6 +265,8 @@ def _expected_metrics(model) -> set[str]:
         keys |= {"fid", "fid_floor", "precision", "recall", "class_entropy"} | {f"class_frac_{d}" for d in range(10)}
         if model.conditional:
             keys.add("label_agreement")
+    if model.name in HAS_DENSITY:
+        keys |= {"bits_per_dim", "bits_per_dim_sem", "bits_per_dim_probe_std", "bits_per_dim_check_error"}
     return keys
 
 

@@ -1,19 +1,18 @@
 """The lab's unconditional GAN recipe: the self-conditioned DCGAN (k-means clusters of the
 training digits in place of labels, the cluster read from the noise itself), DiffAugment and the
-moving average of G that samples are drawn with."""
+moving average of the weights that samples are drawn with."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import QUIET, fit_killed_after, tiny_train_config
+from conftest import QUIET, assert_same_weights, fit_killed_after, tiny_train_config, weights
 from conftest import SMALL_CONV as SMALL
 from conftest import image_batch
 from genlab import fit, load_run
 from genlab.errors import GenlabError
-from genlab.models.dcgan import DCGAN, DCGANConfig
-from genlab.runs import WEIGHTS_FILE, load_tensors
+from genlab.runs import CHECKPOINT_FILE, WEIGHTS_FILE, load_tensors, read_config
 from genlab.models.scgan import SCGAN, SCGANConfig, kmeans, nearest
 
 
@@ -98,52 +97,23 @@ def test_augmentation_reaches_real_and_fake_alike_and_g_learns_through_it():
     assert model.generator[0].weight.grad.abs().sum() > 0  # through the (differentiable) shift
 
 
-def test_the_average_of_g_moves_by_the_decay_after_g_steps_only():
-    model = DCGAN(DCGANConfig(g_ema=0.9, **SMALL))
-    assert not {id(p) for p in model.generator_ema.parameters()} & {id(p) for phase in model.phases for p in model.phase_parameters(phase)}
-    before = [p.detach().clone() for p in model.generator_ema.parameters()]
-    with torch.no_grad():
-        for t in (*model.generator.parameters(), *model.generator.buffers()):  # batch norm's statistics too
-            t.add_(1)
-    model.end_step("discriminator")  # D's step leaves the average alone
-    assert all(torch.equal(a, b) for a, b in zip(model.generator_ema.parameters(), before))
-    model.end_step("generator")
-    for average, old, live in zip(model.generator_ema.parameters(), before, model.generator.parameters()):
-        assert torch.allclose(average, 0.9 * old + 0.1 * live)  # by hand: old + (1 − decay)(live − old)
-    assert all(torch.equal(a, b) for a, b in zip(model.generator_ema.buffers(), model.generator.buffers()))
-
-
-def test_samples_come_from_the_average_and_training_from_g_itself():
-    model = DCGAN(DCGANConfig(g_ema=0.9, **SMALL))
-    with torch.no_grad():
-        for p in model.generator_ema.parameters():
-            p.mul_(0.5)  # make the two nets differ
-    z = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
-    model.eval()
-    assert torch.equal(model.decode(z), torch.sigmoid(model.generator_ema(z)))
-    assert not torch.equal(model.decode(z), torch.sigmoid(model.generator(z)))
-    model.train()
-    torch.manual_seed(0)
-    live = torch.sigmoid(model.generator(z))
-    torch.manual_seed(0)
-    assert torch.equal(model.decode(z), live)
-
-
 def test_a_trained_run_samples_with_its_saved_average_and_resumes_bitwise(tmp_path, tiny_bundle):
+    """The recipe's moving average is the loop's (`ema` in SCGAN's defaults, genlab.ema)."""
     config = tiny_train_config("scgan", epochs=2, checkpoint_every=3)
     model_config = SCGANConfig(clusters=4, **SMALL)
-    assert model_config.g_ema > 0  # the recipe's default
     whole = fit(config, model_config, tmp_path / "whole", data=tiny_bundle, **QUIET)
+    assert read_config(whole)[0].ema == 0.99  # the recipe's default
     fit_killed_after(5, config, model_config, tmp_path / "stopped", data=tiny_bundle, **QUIET)
     assert not (tmp_path / "stopped" / WEIGHTS_FILE).exists()  # stopped mid-run, after the step-3 checkpoint
     resumed = fit(config, None, tmp_path / "stopped", resume=True, data=tiny_bundle, **QUIET)
-    a, b = load_tensors(whole / WEIGHTS_FILE)[0], load_tensors(resumed / WEIGHTS_FILE)[0]
-    ema_keys = [k for k in a if k.startswith("generator_ema.")]
-    assert ema_keys and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], a[k.replace("generator_ema.", "generator.")]) for k in ema_keys)
+    assert_same_weights(resumed, whole)
+    live = {k[len("model.") :]: v for k, v in load_tensors(whole / CHECKPOINT_FILE)[0].items() if k.startswith("model.")}
+    assert not torch.equal(weights(whole)["generator.0.weight"], live["generator.0.weight"])  # the average, not G itself
     run = load_run(whole)
     z = torch.randn(5, run.model.latent_dim, generator=torch.Generator().manual_seed(3))
     one_hot = torch.nn.functional.one_hot(run.model.cluster_of_noise(z), 4).float()
+    average_g = SCGAN(SCGANConfig(clusters=4, **SMALL)).generator.eval()
+    average_g.load_state_dict({k[len("generator.") :]: v for k, v in weights(whole).items() if k.startswith("generator.")})
     with torch.no_grad():
-        expected = torch.sigmoid(run.model.generator_ema(torch.cat([z, one_hot], 1)))
+        expected = torch.sigmoid(average_g(torch.cat([z, one_hot], 1)))
     assert torch.equal(run.decode(z), expected)

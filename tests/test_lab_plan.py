@@ -20,12 +20,16 @@ from genlab.lock import RunFolderLock
 from genlab.runs import CHECKPOINT_FILE, load_run
 
 
-def test_entries_split_their_settings_and_the_lab_epochs_win():
+def test_entries_split_their_settings_and_the_lab_budget_wins():
     train, model = entry_configs(LAB_ENTRIES["vae-conv16"], None, 3, None, "cpu")
-    assert (train.model, train.lr, train.batch_size, train.epochs, train.seed) == ("vae", 2e-3, 64, 40, 3)
+    assert (train.model, train.lr, train.batch_size, train.steps, train.epochs, train.seed) == ("vae", 2e-3, 64, 2840, None, 3)
     assert (model.arch, model.latent_dim, model.recon_loss) == ("conv", 16, "bce")
     train, _ = entry_configs(LAB_ENTRIES["vae-conv16"], 2, 0, None, "cpu")
-    assert train.epochs == 2
+    assert (train.epochs, train.steps) == (2, None)  # --epochs replaces the entry's steps
+    train, _ = entry_configs(LAB_ENTRIES["vae-conv16"], None, 0, None, "cpu", steps=7)
+    assert (train.epochs, train.steps) == (None, 7)
+    with pytest.raises(GenlabError, match="not both"):
+        entry_configs(LAB_ENTRIES["ae"], 2, 0, None, "cpu", steps=7)
     assert entry_configs(LAB_ENTRIES["ae"], None, 0, None, "cpu")[1].neighbor_weight > 0
     assert LAB_ENTRIES["gan"].model == "scgan" and set(DEFAULT_MODELS) >= {"ae", "vae", "vae-conv16", "gan", "cgan"}
 

@@ -24,14 +24,13 @@ import torch
 
 import genlab.train as train_module
 import genlab.utils as utils_module
-from conftest import QUIET, REPO_ROOT, fit_killed_after, tiny_train_config, write_idx_folder
+from conftest import QUIET, REPO_ROOT, assert_same_weights, fit_killed_after, tiny_train_config, without_timing, write_idx_folder
 from genlab import GenlabError, MODELS, fit, load_run
 from genlab.cli import main
 from genlab.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_tensors, read_metrics
 from genlab.utils import atomic_write_bytes
 
 EPOCHS, BATCH = 3, 32  # 200 tiny digits: 7 batches per epoch, 21 steps in all
-TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: the only fields allowed to differ
 
 
 
@@ -43,21 +42,6 @@ def small_model(name: str):
 
 def train_config(name: str, data_dir=None, **overrides):
     return tiny_train_config(name, data_dir, epochs=EPOCHS, batch_size=BATCH, **overrides)
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_tensors(run_dir / WEIGHTS_FILE)[0]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"weights differ from the uninterrupted run: {different}"
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 def assert_complete_log(run_dir: Path, epochs: int = EPOCHS) -> list[dict]:

@@ -13,6 +13,7 @@ from .config import ModelConfig, TrainConfig  # noqa: E402
 from .data import DataBundle, load_dataset, read_idx  # noqa: E402
 from .errors import GenlabError  # noqa: E402
 from .models import MODELS, get_model_class  # noqa: E402
+from .models.sampling import SamplerOptions  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
 from .train import fit  # noqa: E402
 
@@ -22,6 +23,7 @@ __all__ = [
     "GenlabError",
     "ModelConfig",
     "Run",
+    "SamplerOptions",
     "TrainConfig",
     "fit",
     "get_model_class",

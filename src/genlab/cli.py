@@ -109,6 +109,7 @@ def cmd_train(args) -> None:
     from .train import fit
 
     model_cls = get_model_class(args.model)
+    _use_threads(args.threads)
     train_config = dataclass_from_args(TrainConfig, args, TrainConfig(model=args.model))
     model_config = dataclass_from_args(model_cls.config_class, args)
     out = Path(args.out or f"runs/{args.model}")
@@ -132,11 +133,30 @@ def cmd_resume(args) -> None:
     from .train import fit
 
     read_config(Path(args.run_dir))  # a run folder with a valid config, or one clear error
-    run_dir = fit(TrainConfig(epochs=args.epochs), None, Path(args.run_dir), resume=True, progress=not args.quiet)
+    _use_threads(args.threads)
+    budget = TrainConfig(epochs=args.epochs, steps=args.steps)
+    budget.validate()  # not both
+    run_dir = fit(budget, None, Path(args.run_dir), resume=True, progress=not args.quiet)
     if env_rank() > 0:
         return
     plots.make_figures(load_run(run_dir))
     print(f"done: {run_dir}")
+
+
+def _use_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process: `threads`, else OMP_NUM_THREADS where the
+    environment sets it (torchrun does), else every core it may use (under torchrun, its share)."""
+    import os
+
+    import torch
+
+    from .utils import usable_cores
+
+    if threads is not None and threads < 1:
+        raise GenlabError(f"threads must be at least 1, got {threads}")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    default = int(omp) if omp.isdigit() and int(omp) > 0 else usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, threads or default))
 
 
 def _open_run(args):
@@ -260,6 +280,7 @@ def cmd_lab(args) -> None:
         Path(args.out),
         models=models,
         epochs=args.epochs,
+        steps=args.steps,
         seed=args.seed,
         data_dir=args.data,
         device=args.device,
@@ -268,7 +289,8 @@ def cmd_lab(args) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         workers=args.workers,
-        steps=args.steps,
+        threads=args.threads,
+        sample_steps=args.sample_steps,
         solver=args.solver,
     )
     print(f"report: {report}")
@@ -374,11 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-figures", action="store_true", help="skip writing figures at the end")
+        p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
         p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("resume", help="continue a run folder from its last checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, help="train to this many epochs in all (default: as configured)")
+    p.add_argument("--steps", type=int, help="train to this many optimizer steps in all, instead of epochs (default: as configured)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
@@ -418,12 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=cmd_plot)
 
-    from .lab import DEFAULT_MODELS, WORKERS as LAB_WORKERS
+    from .lab import DEFAULT_MODELS
 
     p = commands.add_parser("lab", help="the whole lab: train the models, write figures and report.html")
     p.add_argument("--out", default="lab", metavar="DIR", help="lab folder: DIR/<model>/ runs and DIR/report.html (default: lab)")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated models (default: {','.join(DEFAULT_MODELS)})")
-    p.add_argument("--epochs", type=int, help="epochs for every model (default: each model's lab budget)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: each entry's lab budget in steps)")
+    p.add_argument("--steps", type=int, help="optimizer steps for every model, instead of epochs (default: each entry's lab budget)")
     p.add_argument("--seed", type=int, default=0, help="seed for every model (default: 0)")
     p.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
@@ -433,12 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="reuse finished runs in DIR and resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="replace an existing lab folder's runs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_sampler_options(p, guidance=False)
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--sample-steps", type=int, metavar="N", help="solver steps of the flow models' evaluation samples, 1 to 1000 (default: the model's own)")
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver of the flow models' evaluation samples (default: the model's own)")
     p.add_argument(
-        "--workers", type=int, default=LAB_WORKERS,
-        help=f"runs trained side by side, one thread each (1: one after another, with progress bars; default: {LAB_WORKERS})",
+        "--workers", type=int,
+        help="entries trained side by side in their own processes (1: one after another; default: one per core, up to the "
+        "number of entries; with CUDA one per GPU)",
     )
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out among the workers)")
     p.set_defaults(func=cmd_lab)
 
     p = commands.add_parser("explore", help="a live page in the browser: move through a run's latent space and see the digits")

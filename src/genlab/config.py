@@ -55,6 +55,9 @@ class ModelConfig:
 
 # The dtype autocast runs the forward passes in; weights, optimizer state and loss sums stay float32.
 Precision = Literal["fp32", "bf16", "fp16"]
+LRSchedule = Literal["constant", "cosine"]
+# What a run gets for the loop fields below that its model's `defaults` leave unstated.
+LOOP_DEFAULTS = {"ema": 0.0, "lr_schedule": "constant", "warmup_steps": 0}
 
 
 @dataclass
@@ -63,9 +66,13 @@ class TrainConfig:
     filled in when the run starts."""
 
     model: str = "vae"  # registry name, see `genlab.models.MODELS`
-    epochs: int | None = None  # passes over the training split (default: the model's own)
+    epochs: int | None = None  # passes over the training split (default: the model's own, unless --steps is given)
+    steps: int | None = None  # optimizer steps in all, whatever the data's size (nanoGPT's max_iters); instead of epochs, not with them
     batch_size: int | None = None  # images per optimizer step (default: the model's own)
     lr: float | None = None  # Adam learning rate, every optimizer of the model (default: the model's own)
+    lr_schedule: LRSchedule | None = None  # constant, or cosine: from lr down to a tenth of it over the run's steps (default: the model's own, else constant)
+    warmup_steps: int | None = None  # raise the learning rate linearly from 0 over the first N optimizer steps (default: the model's own, else 0)
+    ema: float | None = None  # decay of a moving average of the weights, which evaluation, samples and model.safetensors use (0: off; default: the model's own, else 0)
     seed: int = 0  # seeds weights, shuffling, noise: same seed + CPU = same run
     dataset: str = "mnist"  # mnist, fashion-mnist, kmnist
     data_dir: str | None = None  # folder with IDX files; None: GENLAB_DATA, cache, download, offline
@@ -81,12 +88,21 @@ class TrainConfig:
     epoch_eval_images: int = 2000  # first N test images scored after each epoch for the loss curves (0: all); genlab eval scores all
 
     def validate(self) -> None:
+        check_choices(self)  # precision, lr_schedule
         if self.epochs is not None and self.epochs < 1:
             raise GenlabError(f"epochs must be at least 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise GenlabError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and self.steps is not None:  # two budgets would leave one of them a lie in config.json
+            raise GenlabError(f"give the training budget as epochs or as steps, not both (got {self.epochs} epochs and {self.steps} steps)")
         if self.batch_size is not None and self.batch_size < 1:
             raise GenlabError(f"batch size must be at least 1, got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise GenlabError(f"learning rate must be a positive finite number, got {self.lr}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise GenlabError(f"warmup-steps must be 0 or more, got {self.warmup_steps}")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise GenlabError(f"ema must be 0 (off) or a decay below 1, e.g. 0.999; got {self.ema}")
         if self.checkpoint_every < 0:
             raise GenlabError(f"checkpoint-every must be 0 or more steps, got {self.checkpoint_every}")
         check_off_or_positive("grad-clip", self.grad_clip)

@@ -46,8 +46,8 @@ IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples):
 DENSITY_DIGITS = 500
 DENSITY_SAMPLER = SamplerOptions(steps=16, solver="heun")
 DENSITY_BATCH = 250
-DENSITY_CHECK_DIGITS = 2
-DENSITY_CHECK_SAMPLER = SamplerOptions(steps=4, solver="euler")
+DENSITY_CHECK_DIGITS = 1
+DENSITY_CHECK_SAMPLER = SamplerOptions(steps=2, solver="euler")
 DENSITY_CHECK_PROBES = 16
 
 

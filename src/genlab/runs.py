@@ -56,8 +56,9 @@ PRIOR_FILE = "prior.safetensors"  # genlab.prior
 PRIOR_EVAL_FILE = "eval-gmm.json"  # `genlab eval --prior gmm`
 FIGURES_DIR = "figures"
 # Bump when a run folder's files change incompatibly; a folder of another version is refused
-# (no compatibility layer before a release: such a run is retrained). 3: train.precision.
-FORMAT_VERSION = 3
+# (no compatibility layer before a release: such a run is retrained). 3: train.precision. 4: train.steps (budget);
+# train.ema, lr_schedule, warmup_steps (loop; SCGAN's g_ema is the loop's ema).
+FORMAT_VERSION = 4
 
 
 def versions() -> dict[str, str]:
@@ -340,12 +341,14 @@ def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final
     """Load a run folder for use: validated config, safe weights, model in eval mode.
 
     weights="final" reads model.safetensors; "checkpoint" (or a run that never finished) reads
-    the last checkpoint's weights.
+    the last checkpoint's weights: their moving average for a run that keeps one (--ema), as
+    model.safetensors holds.
     """
     run_dir = Path(path)
     train_config, model_config, info = read_config(run_dir)
     final = run_dir / WEIGHTS_FILE
-    source, prefix = (final, "") if weights == "final" and final.is_file() else (run_dir / CHECKPOINT_FILE, "model.")
+    checkpoint_prefix = "ema." if train_config.ema else "model."  # genlab.train's checkpoint: live weights and their average
+    source, prefix = (final, "") if weights == "final" and final.is_file() else (run_dir / CHECKPOINT_FILE, checkpoint_prefix)
     if source.is_file():  # a config asking for another (or an enormous) network is refused before it is built
         check_config_fits_weights(get_model_class(train_config.model), model_config, source, prefix, str(run_dir / CONFIG_FILE))
     model = build_model(train_config, model_config)
@@ -355,11 +358,11 @@ def load_run(path: str | os.PathLike, device: str = "cpu", weights: str = "final
         tensors, meta = load_tensors(run_dir / CHECKPOINT_FILE)
         if meta.get("model") != model.name:
             raise RunFolderError(f"{run_dir / CHECKPOINT_FILE}: checkpoint of model '{meta.get('model')}', config says '{model.name}'")
-        prefix = "model."
+        prefix = checkpoint_prefix
         load_state_into(model, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, run_dir / CHECKPOINT_FILE)
     else:
         raise RunFolderError(f"{run_dir} has no weights yet ({WEIGHTS_FILE} or {CHECKPOINT_FILE})")
     model.to(pick_device(device)).eval()
-    if model.device.type == "cpu":  # oneDNN's convolutions infer faster on channels-last weights (benchmarks/README.md section 11)
+    if model.device.type == "cpu" and model.channels_last:  # oneDNN's convolutions infer faster on channels-last weights (benchmarks/README.md section 11)
         model.to(memory_format=torch.channels_last)
     return Run(path=run_dir, model=model, train_config=train_config, model_config=model_config, info=info)

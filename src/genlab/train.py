@@ -6,6 +6,13 @@ the loop is); then each epoch `_train_epoch` steps every phase on every batch (`
 `_end_epoch` evaluates the test split and the run's health (`health.py`), appends a metrics row
 and saves a checkpoint. The model computes its own losses; the loop never asks what it trains.
 
+Budget: `total_steps` optimizer steps, from `cfg.steps` or `cfg.epochs` × batches per epoch; a
+step budget may end mid-epoch, and that shorter last epoch ends like any other (row, checkpoint).
+
+For any model the loop can keep a moving average of the weights (`--ema`, genlab.ema: updated
+after each batch's last phase; evaluation and model.safetensors use it) and sets each step's
+learning rate from a schedule (`learning_rate`: warmup, then constant or cosine).
+
 Speed: the whole split lives on the device as one float tensor and batches are index slices;
 logged values are summed as tensors and read back (one host sync) only every `SYNC_EVERY` steps,
 when the progress bar and the non-finite guard look at them.
@@ -17,7 +24,7 @@ Several processes (torchrun): `_prepare` joins the process group and `_loss_fn` 
 phase's loss in DDP; every batch of the shared order is sharded (`distributed.shard`), and
 `t.ranks.is_main` is the one predicate for writing, logging and evaluating (genlab.distributed).
 
-Resume: a checkpoint holds the weights, each optimizer's state, the global and the shuffling RNG
+Resume: a checkpoint holds the weights (and their average), each optimizer's state, the global and the shuffling RNG
 states (the latter as of the epoch's start, so the epoch's permutation can be rebuilt), how
 far into the epoch the loop got and the metrics rows so far (metrics.jsonl is rebuilt from them,
 so a kill between the two writes leaves no gap). Resuming on CPU with the same seed gives bitwise
@@ -43,11 +50,13 @@ import torch
 from tqdm import tqdm  # plain text bar: works in terminals and notebooks without ipywidgets
 
 from . import distributed
-from .config import ModelConfig, TrainConfig
+from .config import LOOP_DEFAULTS, ModelConfig, TrainConfig
 from .data import DataBundle, binarize, fixed_binarization, load_dataset
+from .ema import WeightAverage
 from .errors import GenlabError, RunFolderError, TrainingDiverged
 from .health import epoch_health
 from .lock import LOCK_FILE, RunFolderLock
+from .progress import Progress
 from .models import GenerativeModel, get_model_class
 from .precision import check_precision, forward_context, grad_scaler
 from .runs import (
@@ -75,7 +84,19 @@ from .utils import TMP_SUFFIX, pick_device, seed_everything
 SYNC_EVERY = 20  # steps between host syncs (progress bar, non-finite check)
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE)
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+LR_FLOOR = 0.1  # a cosine schedule ends at this fraction of the learning rate
 WRITE_PROBE = ".genlab-write-test"  # an empty file made and removed to test that the folder is writable
+
+
+def batches_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    return math.ceil(n_train / cfg.batch_size)
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    """The run's optimizer steps in all (the one place they are computed: the loop's end, the
+    progress display and learning-rate schedules read it): `cfg.steps`, else epochs × batches per
+    epoch of `n_train` images. `cfg` is resolved (one of the two is set)."""
+    return cfg.steps if cfg.steps is not None else cfg.epochs * batches_per_epoch(cfg, n_train)
 
 
 def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[TrainConfig, ModelConfig]:
@@ -85,9 +106,10 @@ def resolve_configs(train_config: TrainConfig, model_config: ModelConfig | None 
     if not isinstance(model_config, model_cls.config_class):
         raise GenlabError(f"model '{train_config.model}' takes a {model_cls.config_class.__name__}, got {type(model_config).__name__}")
     model_config = model_cls.resolved_config(model_config)
-    train_config = dataclasses.replace(
-        train_config, **{k: v for k, v in model_cls.defaults(model_config).items() if k in TRAIN_FIELDS and getattr(train_config, k) is None}
-    )
+    # A step budget replaces the epochs: the model's default epochs are not filled in beside it.
+    defaults = {**LOOP_DEFAULTS, **model_cls.defaults(model_config)}
+    unset = {k for k in TRAIN_FIELDS if getattr(train_config, k) is None and not (k == "epochs" and train_config.steps is not None)}
+    train_config = dataclasses.replace(train_config, **{k: v for k, v in defaults.items() if k in unset})
     train_config.validate()
     return train_config, model_config
 
@@ -124,12 +146,29 @@ class Training:
     metrics_rows: list[dict]
     recent: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, loss or grad norm) since the last sync
     steps_this_call: int = 0
+    started: float = field(default_factory=time.perf_counter)  # when this call began: elapsed and remaining time
     ranks: distributed.Ranks = field(default_factory=distributed.Ranks)  # which process of how many (one without torchrun)
     scalers: dict[str, torch.amp.GradScaler] = field(default_factory=dict)  # fp16 only: one gradient scaler per phase
+    ema: WeightAverage | None = None  # --ema: the average of the weights, updated after every step
 
     @property
     def device(self) -> torch.device:
         return self.x_train.device
+
+    @property
+    def total(self) -> int:
+        return total_steps(self.cfg, len(self.x_train))
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the budget spans: those done, then full ones from the current epoch's start, the last maybe partial."""
+        left = max(self.total - self.state.step + self.state.step_in_epoch, 0)
+        return self.state.epoch + math.ceil(left / batches_per_epoch(self.cfg, len(self.x_train)))
+
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """What evaluation, health checks and model.safetensors use: the average, if kept."""
+        return self.ema.model if self.ema else self.model
 
 
 # Tests end a `fit` call after this many optimizer steps, as if the process were killed there
@@ -145,10 +184,12 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     data: DataBundle | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[Progress], None] = True,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train (or continue) a run in `run_dir`; returns the folder. See the module docstring.
+    `progress`: True for a progress bar, or a function called with a `Progress` at every host
+    sync and at each epoch's end (the lab's live display; it then gets the epoch lines too).
     The folder's lock (lock.py) is held throughout, by rank 0 under torchrun (the one writer): a
     second writer of the same folder is refused before it reads, deletes or writes anything."""
     main = distributed.env_rank() == 0
@@ -158,15 +199,18 @@ def fit(
         t = _prepare(train_config, model_config, Path(run_dir), resume, overwrite, data, log, lock)
         interrupted = _InterruptFlag()
         try:
-            while t.state.epoch < t.cfg.epochs:
+            # An epoch begun (a checkpoint after its last step) is ended with its row even at the budget.
+            while t.state.step < t.total or t.state.step_in_epoch > 0:
                 if not _train_epoch(t, interrupted, progress):
                     return t.run_dir  # killed in a test: nothing more is written
                 row, warnings = _end_epoch(t)
-                if row is not None:
-                    log(_epoch_line(t.model.name, row, t.cfg.epochs))
+                if row is not None and callable(progress):
+                    progress(_progress(t, row))
+                elif row is not None:
+                    log(_epoch_line(t.model.name, row, t.epochs))
                 for warning in warnings:
                     log(f"warning: {warning}")
-                if _stop_requested(t, interrupted, at_sync=True) and t.state.epoch < t.cfg.epochs:  # Ctrl-C during the evaluation
+                if _stop_requested(t, interrupted, at_sync=True) and t.state.step < t.total:  # Ctrl-C during the evaluation
                     raise _interrupted(t.state, t.run_dir)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
@@ -177,7 +221,7 @@ def fit(
         finally:
             interrupted.restore()
         if t.ranks.is_main:
-            save_weights(t.run_dir, t.model)
+            save_weights(t.run_dir, t.eval_model)
     distributed.leave(t.ranks)
     return t.run_dir
 
@@ -193,8 +237,8 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     if resume:
         # The saved config wins: a resumed run continues exactly what was started.
         saved_train, model_config, saved_info = read_config(run_dir)
-        if train_config.epochs is not None and train_config.epochs != saved_train.epochs:
-            saved_train.epochs = train_config.epochs  # allow extending a finished run
+        if (train_config.epochs, train_config.steps) not in ((None, None), (saved_train.epochs, saved_train.steps)):
+            saved_train.epochs, saved_train.steps = train_config.epochs, train_config.steps  # a new budget: extend a finished run
         saved_train.validate()
         train_config = saved_train
     cfg, model_config = resolve_configs(train_config, model_config)
@@ -213,12 +257,13 @@ def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite:
     model = build_model(cfg, model_config).to(device)
     model.prepare_training(x_train)
     optimizers = _optimizers(model, cfg, device)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None  # from the initial weights, before DDP wraps the model
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
     phase_params = {phase: set(map(id, model.phase_parameters(phase))) for phase in model.phases}
     t = Training(
         run_dir, cfg, model, optimizers, _loss_fn(model, cfg, phase_params, ranks, device),
         x_train, y_train, x_test, y_test, phase_params, shuffle_gen, shuffle_gen.get_state(), LoopState(seed=cfg.seed), {}, [],
-        ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None},
+        ranks=ranks, scalers={p: s for p in model.phases if (s := grad_scaler(cfg.precision, device)) is not None}, ema=ema,
     )
     if ranks.rank > 0:  # each rank its own noise; rank 0 keeps the stream one process would draw
         torch.manual_seed(distributed.rank_seed(cfg.seed, ranks.rank, 0))
@@ -253,7 +298,7 @@ def _write_run_start(t: Training, resume: bool, overwrite: bool, model_config: M
         parameters = sum(p.numel() for p in t.model.parameters())
         info = {"versions": versions(), "device": str(t.device), "data": data.summary(), "parameters": parameters, "world_size": world_size}
         write_config(run_dir, cfg, model_config, info)
-    elif saved_info["train"].get("epochs") != cfg.epochs or saved_info.get("world_size") != world_size:
+    elif (saved_info["train"].get("epochs"), saved_info["train"].get("steps")) != (cfg.epochs, cfg.steps) or saved_info.get("world_size") != world_size:
         kept = {k: v for k, v in saved_info.items() if k not in ("format_version", "train", "model")}
         write_config(run_dir, cfg, model_config, {**kept, "world_size": world_size})  # extended, or resumed at another N
 
@@ -285,10 +330,10 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
     # One gather per epoch, so every batch below is a contiguous slice (no per-step copy).
     x_epoch, y_epoch = t.x_train[order], t.y_train[order]
     n_train = len(t.x_train)
-    n_batches = math.ceil(n_train / cfg.batch_size)
+    n_batches = min(batches_per_epoch(cfg, n_train), state.step_in_epoch + t.total - state.step)  # the budget may end mid-epoch
     bar = tqdm(
-        total=n_batches, initial=state.step_in_epoch, desc=f"{t.model.name} epoch {state.epoch + 1}/{cfg.epochs}",
-        disable=not progress, leave=False, dynamic_ncols=True,
+        total=t.total, initial=state.step, desc=f"{t.model.name} epoch {state.epoch + 1}/{t.epochs}",
+        disable=progress is not True, leave=False, dynamic_ncols=True,
     )
     t0 = time.perf_counter()
     for batch_index in range(state.step_in_epoch, n_batches):
@@ -300,9 +345,10 @@ def _train_epoch(t: Training, interrupted: _InterruptFlag, progress: bool) -> bo
         at_sync = state.step % SYNC_EVERY == 0 or last
         if at_sync:
             _check_finite(t)
-            if progress:
-                n = float(t.running["_n"])
-                bar.set_postfix({k: f"{float(v) / n:.4g}" for k, v in t.running.items() if k != "_n"})
+            if callable(progress):
+                progress(_progress(t))
+            elif progress:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in _running_means(t).items()})
         stop_now = _stop_requested(t, interrupted, at_sync)
         if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last) or stop_now:
             _check_finite(t)
@@ -331,6 +377,10 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
     # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch
     # makes that the global batch's mean however unevenly it splits (1.0 in one process).
     weight = len(xb) * t.ranks.world_size / n_global
+    lr = learning_rate(t.cfg, step, total_steps(t.cfg, len(t.x_train)))  # a pure function of the step: resumes exactly
+    for optimizer in t.optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     cache: dict = {}
     for phase in model.phases:
         if len(model.phases) > 1:  # no gradients for the other players' weights
@@ -339,10 +389,11 @@ def _train_step(t: Training, xb: torch.Tensor, yb: torch.Tensor, n_global: int) 
         with forward_context(t.cfg.precision, t.device):  # autocast for bf16/fp16; backward and step outside it
             out = t.loss_fn(xb, yb, phase, cache)
         _backward_step(t, phase, out.loss if weight == 1 else out.loss * weight, step)
-        model.end_step(phase)
         t.recent.append((step, out.loss.detach()))
         for key, value in out.logs.items():
             t.running[key] = t.running.get(key, 0) + value.detach() * len(xb)
+    if t.ema:
+        t.ema.update(model)
     t.running["_n"] = t.running.get("_n", 0) + torch.tensor(float(len(xb)), device=xb.device)
     t.state.step = step
     t.state.step_in_epoch += 1
@@ -393,14 +444,15 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
     """The metrics row of the epoch just trained, appended to `t.metrics_rows`, and its warnings."""
     state = t.state
     t_eval = time.perf_counter()
-    test_logs = evaluate_split(t.model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
-    health, warnings = epoch_health(t.model, train_logs, t.metrics_rows, t.cfg.seed)
+    test_logs = evaluate_split(t.eval_model, t.x_test, t.y_test, t.cfg.eval_batch_size, t.cfg.seed)
+    health, warnings = epoch_health(t.eval_model, train_logs, t.metrics_rows, t.cfg.seed)
     row = {
         "epoch": state.epoch + 1,
         "step": state.step,
         "seconds": round(state.epoch_seconds, 4),
         "eval_seconds": round(time.perf_counter() - t_eval, 4),
         "images_per_s": round(n_seen / max(state.epoch_seconds, 1e-9), 1),
+        "lr": learning_rate(t.cfg, state.step, total_steps(t.cfg, len(t.x_train))),  # of the epoch's last step
         "train": train_logs,
         "test": test_logs,
         "health": health,
@@ -409,6 +461,16 @@ def _epoch_row(t: Training, train_logs: dict[str, float], n_seen: float) -> tupl
         row["warnings"] = warnings  # shown by report.html
     t.metrics_rows.append(row)
     return row, warnings
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step `step` (1, 2, …, total): linear warmup from 0 over
+    `warmup_steps`, then constant, or a half cosine from lr down to LR_FLOOR·lr at the last step."""
+    warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warmup
+    progress = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * warmup * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _optimizers(model: GenerativeModel, cfg: TrainConfig, device: torch.device) -> dict[str, torch.optim.Optimizer]:
@@ -468,6 +530,8 @@ def _save_checkpoint(t: Training) -> None:
     if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
         raise TrainingDiverged(_diverged_message("weights", state.step, state.epoch, t.cfg.lr))
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if t.ema:  # the checkpoint keeps the live weights (to go on training) and their average
+        tensors.update({f"ema.{k}": v for k, v in t.ema.state_dict().items()})
     optim_meta = {}
     for phase, opt in t.optimizers.items():
         sd = opt.state_dict()
@@ -517,6 +581,8 @@ def _load_checkpoint(t: Training) -> None:
         state = LoopState(**meta["loop"])
         model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         load_state_into(t.model, model_state, path)
+        if t.ema:
+            load_state_into(t.ema.model, {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
         for phase, opt in t.optimizers.items():
             groups = meta["optimizers"][phase]
             for group in groups:
@@ -537,8 +603,9 @@ def _load_checkpoint(t: Training) -> None:
             raise ValueError(f"{len(metrics_rows)} metrics rows for {state.epoch} finished epochs")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunFolderError(f"{path}: checkpoint is incomplete or does not fit this model ({str(e)[:120]})") from None
-    if state.epoch > t.cfg.epochs:
-        raise GenlabError(f"{t.run_dir} has already trained {state.epoch} epochs: ask for --epochs {state.epoch} or more")
+    if state.step > t.total:
+        asked = f"--steps {state.step}" if t.cfg.steps is not None else f"--epochs {state.epoch}"
+        raise GenlabError(f"{t.run_dir} has already trained {state.epoch} epochs ({state.step} steps): ask for {asked} or more")
     t.state, t.epoch_start_shuffle, t.metrics_rows = state, shuffle_state, metrics_rows
     # The saved sums are the whole batch's: rank 0 carries them on, the others start from zero.
     running = {k[len("running.") :]: v.to(t.device) for k, v in tensors.items() if k.startswith("running.")}
@@ -659,6 +726,21 @@ def _diverged_message(what: str, step: int, epochs_done: int, lr: float) -> str:
     return (
         f"{what} became NaN/inf at step {step} (epoch {epochs_done + 1}): the learning rate {lr:g} is probably "
         f"too high (try --lr {lr / 10:g} or --grad-clip 1.0)"
+    )
+
+
+def _running_means(t: Training) -> dict[str, float]:
+    """The logged values' means over the epoch so far (one host sync)."""
+    n = float(t.running["_n"])
+    return {k: float(v) / n for k, v in t.running.items() if k != "_n"}
+
+
+def _progress(t: Training, row: dict | None = None) -> Progress:
+    """Where the run is, for a `progress` function; at an epoch's end with its metrics `row`."""
+    losses = row["train"] if row is not None else _running_means(t)
+    return Progress(
+        t.model.name, t.state.step, t.total, t.state.epoch + (row is None), t.epochs, losses,
+        row["test"] if row is not None else None, time.perf_counter() - t.started, t.steps_this_call,
     )
 
 

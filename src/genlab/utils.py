@@ -39,6 +39,14 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one: a container's
+    or taskset's share, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices) so a run can be repeated exactly on CPU."""
     check_seed(seed)

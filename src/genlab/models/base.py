@@ -56,6 +56,9 @@ class GenerativeModel(nn.Module):
     # per image, not one); trajectory() shows the way from noise to digit (flow)
     iterative: bool = False
     has_density: bool = False  # log_density(x): an exact log-likelihood of grey digits, reported in bits/dim (flow)
+    # load_run stores conv weights channels-last on CPU, where oneDNN infers faster; False for a
+    # network whose group norm runs several times slower on channels-last tensors (the flow's U-Net)
+    channels_last: bool = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -69,9 +72,12 @@ class GenerativeModel(nn.Module):
     @classmethod
     def defaults(cls, config: ModelConfig) -> dict:
         """Every default of a run that may depend on the model's config, in one place: the loop's
-        `epochs`, `batch_size` and `lr`, and any model-config field left None (the autoencoders'
-        `activation`). Filled in once when a run starts (`train.resolve_configs`) and written to
-        config.json, so a run folder records what it trained with."""
+        `epochs`, `batch_size` and `lr`, any other TrainConfig field left None that the model
+        wants set its own way (`ema`, `lr_schedule`, `warmup_steps`: SCGAN's `ema`; what a model
+        leaves unstated comes from `config.LOOP_DEFAULTS`), and any model-config field left None
+        (the autoencoders' `activation`). Filled in once when a run starts
+        (`train.resolve_configs`) and written to config.json, so a run folder records what it
+        trained with."""
         return {"epochs": 20, "batch_size": 128, "lr": 1e-3}
 
     @classmethod
@@ -95,10 +101,6 @@ class GenerativeModel(nn.Module):
         """Called by the loop once before training (and again on resume) with all the training
         images, on the model's device. Most models need nothing; the AE and VAE build their
         neighbour graph here when `neighbor_weight` > 0 (models/neighbors.py)."""
-
-    def end_step(self, phase: str) -> None:
-        """Called by the loop after each optimizer step of `phase`, on every process alike. Most
-        models need nothing; a conv GAN with `g_ema` moves its average of G here."""
 
     @torch.no_grad()
     def eval_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

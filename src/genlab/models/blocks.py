@@ -230,6 +230,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> to
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+UNET_EMBEDDING = 64  # width of the time (and class) embedding: plenty for one number and ten classes
+
+
 def _groups(channels: int) -> int:
     """Group norm's groups: 8 where they divide the channels (Wu & He 2018 use 32 on wider nets)."""
     return math.gcd(8, channels)
@@ -263,9 +266,8 @@ class UNet(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], blocks: int = 1, num_classes: int = 0):
         super().__init__()
-        c0 = channels[0]
-        self.emb_dim = emb_dim = 4 * c0
-        self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        c0, emb_dim = channels[0], UNET_EMBEDDING
+        self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(1, c0, 3, padding=1)
         self.down = nn.ModuleList()
@@ -286,13 +288,13 @@ class UNet(nn.Module):
             for _ in range(blocks):
                 self.up.append(ResBlock(c + skips.pop(), width, emb_dim))
                 c = width
-            if level > 0:
-                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+            if level > 0:  # the conv before the upsampling: at the low resolution, a quarter of the cost
+                self.upsample.append(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest")))
         self.norm_out, self.conv_out = nn.GroupNorm(_groups(c), c), nn.Conv2d(c, 1, 3, padding=1)
         self.levels, self.blocks = len(channels), blocks
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(t, self.time_mlp[0].in_features))  # (B, E)
+        emb = self.time_mlp(sinusoidal_embedding(t, UNET_EMBEDDING))  # (B, E)
         if self.class_emb is not None:
             emb = emb + self.class_emb(c)
         h = self.conv_in(x)

@@ -46,7 +46,7 @@ class CGAN(DCGAN):
 
     def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim), digits (B,) -> images (B, 1, 28, 28); no labels: `plot_digit`."""
-        return torch.sigmoid(self.generate(label_input(z, labels, self.config.plot_digit)))
+        return torch.sigmoid(self.generator(label_input(z, labels, self.config.plot_digit)))
 
     def critic(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Projection discriminator logits (B,): w·φ(x) + b + e_y·φ(x)."""

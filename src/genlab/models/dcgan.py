@@ -23,7 +23,6 @@ D; batch 32 and learning rate 5e-4, for more steps per CPU second.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,15 +56,11 @@ class ConvGAN(GenerativeModel):
     phases = ("discriminator", "generator")
     adam_betas = (0.5, 0.999)  # β1 = 0.5 (Radford et al. 2016): less momentum, fewer oscillations
 
-    def __init__(self, config, *, d_norm: str | None, d_dropout: float, max_shift: int, head_bias: bool = True, g_ema: float = 0.0):
+    def __init__(self, config, *, d_norm: str | None, d_dropout: float, max_shift: int, head_bias: bool = True):
         super().__init__(config)
         channels = tuple(self.config.channels)
         # (B, z + one-hot inputs) -> logits (B, 1, 28, 28)
         self.generator = conv_decoder(self.config.latent_dim + self.one_hot_inputs(), tuple(self.config.g_channels), batch_norm=True)
-        # An exponential moving average of G's weights (Karras et al. 2018, https://arxiv.org/abs/1710.10196),
-        # what `generate` draws with outside training; saved with the weights, never optimised.
-        self.g_ema = g_ema
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if g_ema else None
         self.max_shift = max_shift  # pixels (DiffAugment)
         self.features = conv_features(channels, norm=d_norm, dropout=d_dropout)  # (B, 1, 28, 28) -> (B, F)
         self.head = nn.Linear(channels[1] * FEATURE_SIDE**2, 1, bias=head_bias)  # (B, F) -> (B, 1) logit
@@ -77,28 +72,12 @@ class ConvGAN(GenerativeModel):
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         if phase == "generator":
             return list(self.generator.parameters())
-        not_d = {id(p) for net in (self.generator, self.generator_ema) if net is not None for p in net.parameters()}
-        return [p for p in self.parameters() if id(p) not in not_d]  # D: everything else
-
-    @torch.no_grad()
-    def end_step(self, phase: str) -> None:
-        """After G's step: move the average toward G's new weights (batch norm's statistics are copied)."""
-        if phase != "generator" or self.generator_ema is None:
-            return
-        for average, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            average.lerp_(live, 1 - self.g_ema)
-        for average, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            average.copy_(live)
-
-    def generate(self, inputs: torch.Tensor) -> torch.Tensor:
-        """G's logits (B, 1, 28, 28) for its inputs (noise and any one-hot entries): in training
-        the live G, which the game trains; otherwise its moving average, when the model keeps one."""
-        net = self.generator if self.training or self.generator_ema is None else self.generator_ema
-        return net(inputs)
+        not_g = {id(p) for p in self.generator.parameters()}
+        return [p for p in self.parameters() if id(p) not in not_g]  # D: everything else
 
     def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The generator: (B, latent_dim) -> images (B, 1, 28, 28) in [0, 1]."""
-        return torch.sigmoid(self.generate(z))
+        return torch.sigmoid(self.generator(z))
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """What D looks at: real and fake images alike shifted by up to `max_shift` pixels
@@ -120,7 +99,6 @@ class DCGANConfig(ModelConfig):
     d_dropout: float = 0.3  # dropout after each of D's activations (keeps D from memorising a small data set)
     label_smoothing: float = 0.0  # one-sided: real target = 1 − this (Salimans et al. 2016); 0.1 also works
     translate: int = 2  # DiffAugment: shift every image D sees by up to this many pixels (0: off)
-    g_ema: float = 0.0  # decay of the moving average of G's weights that samples are drawn with (0: off, sample with G itself)
 
     def validate(self) -> None:
         super().validate()
@@ -129,8 +107,6 @@ class DCGANConfig(ModelConfig):
         check_fraction("label_smoothing", self.label_smoothing, 0.5)
         if not 0 <= self.translate < 14:
             raise GenlabError(f"translate must be 0 to 13 pixels, got {self.translate}")
-        if not 0 <= self.g_ema < 1:
-            raise GenlabError(f"g_ema must be 0 (off) or a decay below 1, e.g. 0.999; got {self.g_ema}")
 
 
 @register("dcgan")
@@ -144,7 +120,7 @@ class DCGAN(ConvGAN):
 
     def __init__(self, config: DCGANConfig):
         norm = None if config.d_norm == "none" else config.d_norm
-        super().__init__(config, d_norm=norm, d_dropout=config.d_dropout, max_shift=config.translate, g_ema=config.g_ema)
+        super().__init__(config, d_norm=norm, d_dropout=config.d_dropout, max_shift=config.translate)
 
     def loss(self, x, y, phase, cache) -> LossOutput:
         if "z" not in cache:  # one noise batch per training batch, shared by both phases

@@ -15,7 +15,8 @@ clusters of the training images (pixels; no labels) stand in for the class:
     has it: noise in, digit out, as for any unconditional GAN. In training, z[0] of the fake
     batch is drawn inside the real batch's clusters, so both batches have the same clusters
     (as CGAN gives its fakes the real batch's digits).
-Everything else (networks, losses, DiffAugment, optimizers, the moving average of G) is DCGAN's (`dcgan.py`).
+Everything else (networks, losses, DiffAugment, optimizers) is DCGAN's (`dcgan.py`); its
+samples come from the loop's moving average of the weights (`ema` in `defaults`, genlab.ema).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ KMEANS_SEED = 0  # fixed: a resumed run must find the clusters it started with
 @dataclass
 class SCGANConfig(DCGANConfig):
     clusters: int = 50  # k-means clusters of the training digits G and D are conditioned on (benchmarks/README.md section 11)
-    g_ema: float = 0.99  # sample with G's moving average: a little cleaner than G itself (the same section)
 
     def validate(self) -> None:
         super().validate()
@@ -76,6 +76,11 @@ def nearest(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 class SCGAN(DCGAN):
     config_class = SCGANConfig
 
+    @classmethod
+    def defaults(cls, config: SCGANConfig) -> dict:
+        # Sample with the weights' moving average: a little cleaner than G itself (benchmarks/README.md section 11).
+        return {**super().defaults(config), "ema": 0.99}
+
     def __init__(self, config: SCGANConfig):
         super().__init__(config)  # G reads `clusters` one-hot entries beside z (one_hot_inputs)
         k = self.config.clusters
@@ -111,7 +116,7 @@ class SCGAN(DCGAN):
     def decode(self, z: torch.Tensor, *, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The generator: noise (B, latent_dim) -> images (B, 1, 28, 28); z[0] picks the cluster."""
         one_hot = F.one_hot(self.cluster_of_noise(z), self.config.clusters).to(z.dtype)
-        return torch.sigmoid(self.generate(torch.cat([z, one_hot], dim=1)))
+        return torch.sigmoid(self.generator(torch.cat([z, one_hot], dim=1)))
 
     def critic(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Projection discriminator logits (B,) over clusters: w·φ(x) + b + e_c·φ(x); `labels`
