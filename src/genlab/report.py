@@ -148,7 +148,7 @@ def _metric(run: dict, key: str):
     return value if isinstance(value, (int, float)) else None
 
 
-def _family_reading(family: str, members: list[dict]) -> str:
+def _family_reading(members: list[dict]) -> str:
     """What this lab's numbers say about a family, in a sentence or two (empty if unmeasured)."""
     def best(key, lower_better):
         scored = [(r, _metric(r, key)) for r in members if _metric(r, key) is not None]
@@ -193,13 +193,13 @@ def _fid_vs_nfe_section(runs: list[dict]) -> str:
     """FID against network evaluations per sample: each iterative model's curve beside every
     one-step sampler's single point, all from the lab's eval.json files. Empty when no model
     has a curve (several points): one-step models alone have nothing to trade."""
-    curves = [dict(_curve(r), name=r["name"]) for r in runs if _curve(r)]
+    curves = [dict(curve, name=r["name"]) for r in runs if (curve := _curve(r))]
     if not any(len(c["points"]) > 1 for c in curves):
         return ""
     counts = sorted({int(c["samples"]) for c in curves})
     figure = base64.b64encode(fid_vs_nfe_figure(curves)).decode("ascii")
-    head = "<tr><th>model</th><th>samples</th>" + "".join(f"<th>NFE {n}</th>" for n in sorted({p['nfe'] for c in curves for p in c["points"]})) + "</tr>"
     columns = sorted({p["nfe"] for c in curves for p in c["points"]})
+    head = "<tr><th>model</th><th>samples</th>" + "".join(f"<th>NFE {n}</th>" for n in columns) + "</tr>"
     rows = []
     for c in curves:
         by_nfe = {p["nfe"]: p["fid"] for p in c["points"]}
@@ -210,8 +210,8 @@ def _fid_vs_nfe_section(runs: list[dict]) -> str:
         "as its ODE solver takes steps (Euler: one pass per step). The same noises are integrated with 1, 2, 4, … steps, "
         "so the curve shows what each doubling of the cost buys. FID here is computed from "
         + (f"{counts[0]:,} samples per point" if len(counts) == 1 else "the sample counts in the table")
-        + " against the test set's features: fewer samples than the table above uses, which biases FID upwards, so "
-        "compare these points with each other, not with the FID column above."
+        + " against the test set's features; FID grows as the sample count falls, so compare these points with each "
+        "other, not with the fid row above (drawn from more samples)."
     )
     return (
         "<h3>Sample quality against sampling cost</h3>"
@@ -224,7 +224,7 @@ def _fid_vs_nfe_section(runs: list[dict]) -> str:
 
 def _likelihood_note(runs: list[dict]) -> str:
     """Why a flow's bits/dim and a VAE's IWAE bound sit on different scales, with this lab's
-    numbers; empty unless both kinds of likelihood were measured."""
+    numbers; empty unless some model has bits/dim."""
     bpd = [(r["name"], _metric(r, "bits_per_dim")) for r in runs if _metric(r, "bits_per_dim") is not None]
     iwae = [(r["name"], _metric(r, "iwae_log_px_nats")) for r in runs if _metric(r, "iwae_log_px_nats") is not None]
     if not bpd:
@@ -313,7 +313,7 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
     parts.append("<div class='row'>")
     for family, members in families.items():
         parts.append(f"<div class='col'><h3>{html.escape(FAMILY_TITLES.get(family, family).capitalize())}: {html.escape(', '.join(r['name'] for r in members))}</h3>")
-        parts.append(f"<p>{FAMILY_TEXT.get(family, '')}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
+        parts.append(f"<p>{FAMILY_TEXT.get(family, '')}</p><p><i>{html.escape(_family_reading(members))}</i></p></div>")
     parts.append("</div>")
     # The pictures that both families can show, next to each other.
     for figure in ("samples", "trajectory", "interpolation", "losses"):
