@@ -25,6 +25,7 @@ from genlab.evaluate import (
     evaluate_run,
     fid_from_features,
     feature_statistics,
+    fid_vs_nfe,
     frechet_distance,
     importance_weighted_bounds,
     inside_manifold,
@@ -36,6 +37,7 @@ from genlab.evaluate import (
     reconstruction_errors,
     write_eval,
 )
+from genlab.classifier import load_classifier, predict
 from genlab.models.vae import VAE, VAEConfig
 from genlab.utils import make_generator
 
@@ -415,3 +417,61 @@ def test_the_clis_iw_digits_default_is_the_librarys():
     from genlab.evaluate import IW_TEST_DIGITS
 
     assert genlab_cli.IW_TEST_DIGITS == IW_TEST_DIGITS
+
+
+# --------------------------------------------------------------------------------------------
+# FID against the number of function evaluations
+# --------------------------------------------------------------------------------------------
+
+
+def test_fid_vs_nfe_of_a_flow_has_a_point_per_step_count_from_the_same_noises(tiny_runs, tiny_bundle):
+    run = load_run(tiny_runs["flow"], device="cpu")
+    curve = fid_vs_nfe(run, tiny_bundle, steps=(4, 1, 2), n_samples=40, seed=3)
+    assert curve["samples"] == 40 and curve["seed"] == 3 and curve["solver"] == "euler"
+    assert [p["steps"] for p in curve["points"]] == [1, 2, 4] and [p["nfe"] for p in curve["points"]] == [1, 2, 4]
+    # each point is the FID of the run's own samples at that step count, same seed
+    classifier = load_classifier()
+    real = feature_statistics(predict(classifier, tiny_bundle.tensors("test")[0])[0].double().numpy())
+    for point in curve["points"]:
+        feats = predict(classifier, run.sample(40, seed=3, steps=point["steps"], solver="euler"))[0]
+        assert point["fid"] == pytest.approx(frechet_distance(*feature_statistics(feats.double().numpy()), *real), rel=1e-6)
+    assert len({p["fid"] for p in curve["points"]}) == 3  # the step count changes the samples
+    heun = fid_vs_nfe(run, tiny_bundle, steps=(1, 2), n_samples=40, seed=3, solver="heun")
+    assert [p["nfe"] for p in heun["points"]] == [2, 4]  # two evaluations per Heun step
+
+
+def test_fid_vs_nfe_of_a_one_step_model_is_one_point_at_one_evaluation(tiny_runs, tiny_bundle):
+    run = load_run(tiny_runs["gan"], device="cpu")
+    curve = fid_vs_nfe(run, tiny_bundle, n_samples=40, seed=1)
+    assert curve["solver"] is None and len(curve["points"]) == 1
+    assert curve["points"][0]["steps"] == curve["points"][0]["nfe"] == 1 and curve["points"][0]["fid"] > 0
+    with pytest.raises(GenlabError, match="cannot sample"):
+        fid_vs_nfe(load_run(tiny_runs["ae"], device="cpu"), tiny_bundle)
+
+
+def test_evaluate_run_records_the_curve_and_its_sample_count_in_eval_json(tiny_runs, tiny_bundle, tmp_path):
+    run_dir = tmp_path / "flow"
+    shutil.copytree(tiny_runs["flow"], run_dir)
+    results = evaluate_run(run_dir, data=tiny_bundle, n_samples=50, iw_samples=1, density_digits=2, nfe_samples=20)
+    curve = results["fid_vs_nfe"]
+    assert curve["samples"] == 20 and [p["steps"] for p in curve["points"]] == [1, 2, 4, 8, 16, 32]
+    assert any("fid_vs_nfe: FID of 20 samples" in note for note in results["notes"])
+    write_eval(run_dir, results)
+    assert read_eval(run_dir)["fid_vs_nfe"] == json.loads(json.dumps(curve))
+    assert "fid_vs_nfe" not in evaluate_run(run_dir, data=tiny_bundle, n_samples=50, iw_samples=1, density_digits=2, nfe_samples=0)
+    assert "fid_vs_nfe" not in evaluate_run(tiny_runs["ae"], data=tiny_bundle, n_samples=50, iw_samples=1)
+
+
+@pytest.mark.parametrize("curve, message", [
+    ([1, 2], "must be an object"),
+    ({"samples": 1, "points": []}, "sample count"),
+    ({"samples": 100, "points": []}, "1 to 64 points"),
+    ({"samples": 100, "points": [{"steps": 0, "nfe": 1, "fid": 3.0}]}, "steps and nfe"),
+    ({"samples": 100, "points": [{"steps": 1, "nfe": 1, "fid": -1}]}, "finite"),
+    ({"samples": 100, "points": [{"steps": 1, "nfe": 1, "fid": "3"}]}, "finite"),
+    ({"samples": 100, "points": ["x"]}, "steps and nfe"),
+])
+def test_a_corrupt_fid_vs_nfe_section_is_refused_on_reading(tmp_path, curve, message):
+    write_eval(tmp_path, {"metrics": {}, "fid_vs_nfe": curve})
+    with pytest.raises(RunFolderError, match=message):
+        read_eval(tmp_path)

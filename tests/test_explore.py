@@ -25,6 +25,7 @@ from genlab import MODELS, load_run
 from genlab.explore import Explorer, RequestError
 from genlab.explore.server import MAX_BODY
 from genlab.explore.session import MAX_CODES, Z_LIMIT, pca_view
+from genlab.models.sampling import SamplerOptions
 
 
 def pixels(b64: str) -> np.ndarray:
@@ -61,7 +62,7 @@ def a_request(explorer: Explorer, n: int = 1) -> dict:
 def test_every_model_decodes_a_point_with_a_reading_and_its_nearest_training_digit(explorers, name):
     explorer = explorers(name)
     info = json.loads(json.dumps(explorer.info()))  # what the page receives: plain JSON
-    assert info["latent_dim"] == len(info["origin"]) and len(info["axes"]) == len(info["ranges"]) >= 2
+    assert info["latent_dim"] == len(info["origin"]) and len(info["axes"]) == len(info["ranges"]) >= (0 if info["iterative"] else 2)
     assert (info["points"] is not None) == info["can_encode"]
     reply = explorer.decode(a_request(explorer, 3))
     assert len(reply["images"]) == len(reply["readings"]) == 3
@@ -407,3 +408,142 @@ def test_report_embeds_an_offline_explorer_for_each_2d_model_only(tiny_runs, tmp
         assert data["sprite"].startswith("data:image/png;base64,") and len(text) < 3_000_000
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)
     assert "id='gan'" in page and "Samples" in page  # the report's own content stays
+
+
+# --------------------------------------------------------------------------------------------
+# An iterative model (a flow): seeds, steps, guidance, interpolation between seeds' noises
+# --------------------------------------------------------------------------------------------
+
+
+def flow_request(explorer: Explorer, **fields) -> dict:
+    """A valid /api/flow body: seed 3, 4 steps, digit 7 for a conditional flow."""
+    body = {"seed": 3, "steps": 4, **({"digits": [7]} if explorer.model.conditional else {})}
+    body.update(fields)
+    return body
+
+
+def test_a_flow_page_has_no_map_but_a_step_slider_and_guidance_only_when_conditional(explorers):
+    info = json.loads(json.dumps(explorers("flow").info()))
+    assert info["iterative"] and info["axes"] == [] and info["points"] is None
+    assert info["sampler"]["max_steps"] == 32 and 1 <= info["sampler"]["default_steps"] <= 32
+    assert info["sampler"]["guidance"] is None
+    guidance = explorers("cflow").info()["sampler"]["guidance"]
+    assert guidance["min"] == 0 and guidance["max"] >= guidance["default"] == 1
+    assert explorers("gan").info()["sampler"] is None
+
+
+@pytest.mark.parametrize("steps", [1, 3, 32])
+def test_a_flow_answer_is_the_runs_sample_for_that_seed_and_step_count(explorers, tiny_runs, steps):
+    explorer, run = explorers("flow"), load_run(tiny_runs["flow"])
+    reply = explorer.flow(flow_request(explorer, steps=steps))
+    expected = (run.sample(1, seed=3, steps=steps).reshape(784) * 255).round().numpy()
+    assert np.abs(pixels(reply["image"]).astype(int) - expected).max() <= 1
+    assert reply["frames"][-1] == reply["image"] and len(reply["frames"]) == min(8, steps + 1)
+    assert reply["times"][0] == 0 and reply["times"][-1] == 1 and reply["times"] == sorted(reply["times"])
+    assert reply["nfe"] == run.model.nfe(SamplerOptions(steps=steps)) and reply["steps"] == steps
+    assert 0 <= reply["reading"]["digit"] <= 9 and reply["reading"]["nearest"]["distance"] >= 0
+
+
+def test_more_steps_change_the_flows_picture_and_the_seed_its_noise(explorers):
+    explorer = explorers("flow")
+    one, eight = (explorer.flow(flow_request(explorer, steps=s)) for s in (1, 8))
+    assert one["frames"][0] == eight["frames"][0]  # the same noise x0
+    assert one["image"] != eight["image"]
+    assert explorer.flow(flow_request(explorer, seed=4))["frames"][0] != one["frames"][0]
+
+
+def test_guidance_changes_a_conditional_flows_picture(explorers):
+    explorer = explorers("cflow")
+    plain, guided = (explorer.flow(flow_request(explorer, guidance=g)) for g in (1.0, 4.0))
+    assert plain["image"] != guided["image"]
+    assert explorer.flow(flow_request(explorer))["image"] == plain["image"]  # no guidance given: 1, the plain conditional field
+
+
+def test_interpolation_runs_between_two_seeds_noises_along_the_sphere(explorers, tiny_runs):
+    explorer, run = explorers("flow"), load_run(tiny_runs["flow"])
+    reply = explorer.interpolate({"seeds": [3, 9]})
+    assert len(reply["images"]) == len(reply["readings"]) == 10
+    for end, seed in ((0, 3), (-1, 9)):  # the ends are the seeds' own samples (default sampler)
+        expected = (run.sample(1, seed=seed).reshape(784) * 255).round().numpy()
+        assert np.abs(pixels(reply["images"][end]).astype(int) - expected).max() <= 1
+    from genlab.plots import slerp
+
+    a, b = explorer.noise(3), explorer.noise(9)
+    middle = slerp(a, b, torch.tensor([[0.5]]))[0]
+    assert abs(middle.norm() - (a.norm() + b.norm()) / 2) < 0.05 * a.norm()  # on the sphere, not inside it
+    assert (a + b).norm() / 2 < 0.8 * a.norm()  # where the straight line's midpoint would be
+
+
+BAD_FLOW = [  # (model, changes to a good request, what the message names)
+    ("flow", {"steps": 0}, "steps"),
+    ("flow", {"steps": 33}, "steps"),
+    ("flow", {"steps": 4.0}, "steps"),
+    ("flow", {"steps": "4"}, "steps"),
+    ("flow", {"steps": True}, "steps"),
+    ("flow", {"steps": None}, "steps"),
+    ("flow", {"seed": -1}, "seed"),
+    ("flow", {"seed": 2**31}, "seed"),
+    ("flow", {"seed": 1.5}, "seed"),
+    ("flow", {"guidance": 1.0}, "not conditional"),
+    ("flow", {"digits": [3]}, "not conditional"),
+    ("cflow", {"guidance": -0.5}, "guidance"),
+    ("cflow", {"guidance": 8.5}, "guidance"),
+    ("cflow", {"guidance": 1e309}, "guidance"),
+    ("cflow", {"guidance": "2"}, "guidance"),
+    ("cflow", {"digits": [10]}, "digit"),
+    ("cflow", {"digits": None}, "digits"),
+    ("gan", {}, "one step"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", BAD_FLOW, ids=[f"{n}-{m}{i}" for i, (n, _, m) in enumerate(BAD_FLOW)])
+def test_a_bad_flow_request_is_refused_with_a_short_message(explorers, name, change, message):
+    explorer = explorers(name)
+    body = {**(flow_request(explorer) if explorer.model.iterative else {"seed": 1, "steps": 4}), **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(RequestError, match=message) as e:
+        explorer.flow(body)
+    assert e.value.status == 400 and len(str(e.value)) < 120
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"seeds": [1]}, "two seeds"), ({"seeds": [1, 2, 3]}, "two seeds"), ({"seeds": "1,2"}, "two seeds"), ({}, "two seeds"),
+    ({"seeds": [1, -2]}, "seed"), ({"seeds": [1, 2.5]}, "seed"), ({"seeds": [1, 2], "digits": [1] * 10}, "not conditional"),
+])
+def test_a_bad_interpolation_request_is_refused(explorers, body, message):
+    with pytest.raises(RequestError, match=message):
+        explorers("flow").interpolate(body)
+
+
+def test_the_server_answers_flow_requests_and_refuses_bad_ones_with_4xx(explore_server, tiny_runs):
+    server = explore_server(tiny_runs["cflow"])
+    status, reply = post(server, "/api/flow", {"seed": 1, "steps": 32, "digits": [2], "guidance": 2.5})
+    assert status == 200 and len(reply["frames"]) == 8
+    status, reply = post(server, "/api/interpolate", {"seeds": [1, 2], "digits": [5] * 10})
+    assert status == 200 and len(reply["images"]) == 10
+    for body in (
+        b'{"seed": 1, "steps": 33, "digits": [2]}', b'{"seed": 1, "steps": 0, "digits": [2]}',
+        b'{"seed": -1, "steps": 4, "digits": [2]}', b'{"seed": 1, "steps": 4, "digits": [2], "guidance": NaN}',
+        b'{"seed": 1, "steps": 4, "digits": [2], "guidance": 100}', b'{"seed": 1, "steps": 4', b"[1, 4]",
+    ):
+        got, _, reply = request(server, "POST", "/api/flow", body)
+        assert got == 400 and 0 < len(reply["error"]) < 160, body
+    assert request(server, "GET", "/api/flow")[0] == 405
+    assert post(server, "/api/flow", {"seed": 1, "steps": 4, "digits": [2]})[0] == 200  # still serving
+
+
+def test_report_embeds_a_flow_explorer_of_seeds_and_step_counts(tiny_runs, tmp_path):
+    from genlab.explore.offline import FLOW_SEEDS, FLOW_STEPS
+    from genlab.report import write_report
+
+    lab = tmp_path / "lab"
+    shutil.copytree(tiny_runs["flow"], lab / "flow")
+    page = write_report(lab).read_text(encoding="utf-8")
+    (text,) = re.findall(r"<script type='application/json' id='gx-data-flow'>(.*?)</script>", page, re.S)
+    data = json.loads(text)
+    cells = FLOW_SEEDS * len(FLOW_STEPS)
+    assert data["info"]["iterative"] and data["steps"] == list(FLOW_STEPS) and len(data["seeds"]) == FLOW_SEEDS
+    assert len(data["cells"]["digit"]) == len(data["frames"]) == len(data["times"]) == cells
+    assert [span[1] for span in data["frames"][: len(FLOW_STEPS)]] == [min(8, s + 1) for s in FLOW_STEPS]
+    assert len(text) < 1_500_000
+    assert "genlab explore" in page

@@ -76,6 +76,16 @@ def open_live(page, server) -> str:
     return root
 
 
+def seed_5_then_interpolate_to_9(page, root: str) -> None:
+    """Seed 5 changes the picture; "interpolate" to seed 9 draws a strip."""
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} input.gx-seed").fill("5") or page.locator(f"{root} input.gx-seed").dispatch_event("change"))
+    assert digit_pixels(page, root) != before
+    page.locator(f"{root} input.gx-seed-b").fill("9")
+    page.locator(f"{root} button.gx-interp").click()
+    page.wait_for_selector(f"{root}[data-strips='1']", timeout=10_000)
+
+
 def test_the_vae_page_decodes_under_the_pointer_and_interpolates_on_drag(page, explore_server, tiny_runs):
     root = open_live(page, explore_server(tiny_runs["vae"]))
     assert page.locator(f"{root} .gx-legend span").count() == 10  # the scatter's digits
@@ -105,12 +115,7 @@ def test_the_gan_page_has_a_seed_sliders_and_seed_interpolation(page, explore_se
     before = digit_pixels(page, root)
     after(page, root, lambda: sliders.nth(0).fill(sliders.nth(0).get_attribute("max")))
     assert digit_pixels(page, root) != before
-    before = digit_pixels(page, root)
-    after(page, root, lambda: page.locator(f"{root} input.gx-seed").fill("5") or page.locator(f"{root} input.gx-seed").dispatch_event("change"))
-    assert digit_pixels(page, root) != before
-    page.locator(f"{root} input.gx-seed-b").fill("9")
-    page.locator(f"{root} button.gx-interp").click()
-    page.wait_for_selector(f"{root}[data-strips='1']", timeout=10_000)
+    seed_5_then_interpolate_to_9(page, root)
     assert "from seed 5 to seed 9" in page.locator(f"{root} .gx-caption").nth(2).inner_text()
     screenshot(page, "gan")
     assert page.errors == []
@@ -152,4 +157,51 @@ def test_report_html_explores_the_2d_models_from_file_without_a_server(page, tin
     assert digit_pixels(page, cvae) != before
     page.locator(vae).scroll_into_view_if_needed()
     screenshot(page, "report")
+    assert page.errors == []
+
+
+def test_the_flow_page_integrates_a_seed_and_the_step_slider_changes_the_picture(page, explore_server, tiny_runs):
+    root = open_live(page, explore_server(tiny_runs["flow"]))
+    assert page.locator(f"{root} canvas.gx-map").count() == 0  # no map: seeds and steps
+    assert page.locator(f"{root} .gx-trajectory .gx-cell").count() >= 2
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} input.gx-steps").fill("1"))
+    assert page.locator(root).get_attribute("data-steps") == "1"
+    assert digit_pixels(page, root) != before  # one step draws another picture than the default
+    assert page.locator(f"{root} .gx-trajectory .gx-cell").count() == 2  # noise and the one-step picture
+    assert "classifier reads" in page.locator(f"{root} .gx-reading").inner_text()
+    seed_5_then_interpolate_to_9(page, root)
+    assert page.locator(f"{root} .gx-strip:not(.gx-trajectory) .gx-cell").count() == 10
+    screenshot(page, "flow")
+    assert page.errors == []
+
+
+def test_the_conditional_flow_page_has_a_digit_picker_and_a_guidance_slider(page, explore_server, tiny_runs):
+    root = open_live(page, explore_server(tiny_runs["cflow"]))
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} .gx-picker button[data-digit='7']").click())
+    assert digit_pixels(page, root) != before
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} input.gx-guidance").fill("4"))
+    assert digit_pixels(page, root) != before
+    assert page.errors == []
+
+
+def test_report_html_explores_a_flows_precomputed_seeds_and_steps(page, tiny_runs, tmp_path):
+    from genlab.report import write_report
+
+    lab = tmp_path / "lab"
+    shutil.copytree(tiny_runs["flow"], lab / "flow")
+    page.goto(write_report(lab).as_uri())
+    root = "[data-gx-grid='gx-data-flow']"
+    page.wait_for_selector(f"{root}[data-decodes]", timeout=15_000)
+    page.locator(root).scroll_into_view_if_needed()
+    assert page.locator(root).get_attribute("data-steps") == "32"
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} input.gx-steps").fill("0"))
+    assert page.locator(root).get_attribute("data-steps") == "1" and digit_pixels(page, root) != before
+    before = digit_pixels(page, root)
+    after(page, root, lambda: page.locator(f"{root} select.gx-seed").select_option("5"))
+    assert digit_pixels(page, root) != before
+    screenshot(page, "report-flow")
     assert page.errors == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CAN_ENCODE, CAN_SAMPLE
+from conftest import CAN_ENCODE, CAN_SAMPLE, ITERATIVE
 from genlab import MODELS, TrainConfig, load_run
 from genlab import plots
 from genlab.models.ae import AEConfig
@@ -26,6 +26,8 @@ def expected_figures(model) -> set[str]:
         names |= {"reconstructions", "latent_space", "manifold", "interpolation"}
     if model.name in CAN_SAMPLE:
         names |= {"samples", "interpolation"}
+    if model.name in ITERATIVE:
+        names |= {"trajectory"}
     return names
 
 
@@ -182,3 +184,34 @@ def test_the_report_shows_a_figure_it_has_no_title_for(tiny_runs, tmp_path):
     shutil.copy(lab / "vae" / "figures" / "samples.png", lab / "vae" / "figures" / "a_new_view.png")
     page = write_report(lab).read_text()
     assert "vae: a_new_view" in page and "vae: Samples" in page
+
+
+def test_the_trajectory_strip_runs_from_the_seeds_noise_to_its_sample(tiny_runs, tmp_path):
+    run = load_run(tiny_runs["flow"])
+    frames = run.trajectory(4, seed=2, keep=8)
+    torch.testing.assert_close(frames[-1], run.sample(4, seed=2))  # the last column is the sample
+    assert not torch.equal(frames[0], frames[-1])
+    pixels = assert_png(plots.plot_trajectory(run, tmp_path / "t.png", seed=2))
+    np.testing.assert_array_equal(pixels, assert_png(plots.plot_trajectory(run, tmp_path / "u.png", seed=2)))
+
+
+def test_slerp_keeps_noise_on_its_sphere_and_ends_at_both_draws():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 784, generator=gen)
+    path = plots.slerp(a, b, torch.linspace(0, 1, 9).unsqueeze(1))
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    norms = path.norm(dim=1)
+    assert (norms - 28).abs().max() < 2.5  # |N(0, I_784)| ≈ 28 all the way
+    assert ((a + b) / 2).norm() < 22  # the straight line's midpoint falls inside
+
+
+def test_the_fid_vs_nfe_figure_draws_curves_and_single_points(tmp_path):
+    curves = [
+        {"name": "flow", "samples": 1000, "solver": "euler", "points": [{"steps": s, "nfe": s, "fid": 200 / s} for s in (1, 2, 4, 8)]},
+        {"name": "gan", "samples": 1000, "solver": None, "points": [{"steps": 1, "nfe": 1, "fid": 30.0}]},
+        {"name": "broken", "samples": 1000, "solver": None, "points": [{"steps": 1, "nfe": 1, "fid": None}]},
+    ]
+    path = tmp_path / "fid.png"
+    path.write_bytes(plots.fid_vs_nfe_figure(curves))
+    assert_png(path, min_size=(400, 250))

@@ -517,6 +517,59 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
     return values
 
 
+# --------------------------------------------------------------------------------------------
+# FID against the number of function evaluations: what sampling costs an iterative model
+# --------------------------------------------------------------------------------------------
+
+NFE_STEPS = (1, 2, 4, 8, 16, 32)  # solver steps of the curve's points
+# Samples per point: Euler at 1 + 2 + ... + 32 steps is 63 network evaluations per sample, so the
+# lab's flow draws its curve in about 25 s on one thread at 1,000 (2,000 would take ~50 s, over the
+# lab's budget). FID is biased upwards at small n: compare points only at the same count.
+NFE_SAMPLES = 1000
+NFE_SOLVER = "euler"  # one evaluation per step: the points sit at NFE 1, 2, 4, ..., 32
+
+
+@torch.inference_mode()
+def fid_vs_nfe(
+    run,
+    data: DataBundle,
+    *,
+    steps=NFE_STEPS,
+    n_samples: int = NFE_SAMPLES,
+    seed: int = 0,
+    solver: str = NFE_SOLVER,
+    guidance: float | None = None,
+    classifier=None,
+    prior=None,
+) -> dict:
+    """FID of `n_samples` samples against the test digits' features, at each number of solver
+    `steps` for an iterative model (the same seed, so the same noises: only the integration
+    changes), or once for a one-step model (one network evaluation per sample). JSON-ready:
+    {"samples", "seed", "solver", "points": [{"steps", "nfe", "fid"}, ...]} in increasing NFE;
+    "fid" is None where the samples were not finite. `guidance`: a conditional flow's (its default
+    when None); `prior`: a one-step model's fitted prior."""
+    from .classifier import load_classifier, predict
+
+    model = run.model
+    if not model.can_sample:
+        raise GenlabError(f"model '{run.name}' cannot sample: it has no FID to measure")
+    if n_samples <= 1:
+        raise GenlabError(f"FID needs at least 2 samples, got {n_samples}")
+    classifier = classifier if classifier is not None else load_classifier(device=model.device)
+    real = reference_features(data.test_images, classifier, with_radii=False)
+    settings = [SamplerOptions(steps=s, solver=solver, guidance=guidance) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
+    points = []
+    for sampler in settings:
+        samples = run.sample(n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, guidance=sampler.guidance, prior=prior)
+        fid = None
+        if torch.isfinite(samples).all():
+            feats, _ = predict(classifier, samples.to(model.device))
+            fid = frechet_distance(*feature_statistics(feats.double().cpu().numpy()), real.mu, real.sigma)
+        points.append({"steps": sampler.steps or 1, "nfe": int(model.nfe(sampler)), "fid": fid})
+    points.sort(key=lambda p: p["nfe"])
+    return {"samples": n_samples, "seed": seed, "solver": solver if model.iterative else None, "points": points}
+
+
 def dequantize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """8-bit digits x = pixel/255 -> (pixel + u)/256, u ~ U(0, 1): continuous values whose density
     is a likelihood of the 8-bit digits (Theis et al. 2016, https://arxiv.org/abs/1511.01844)."""
@@ -587,19 +640,22 @@ def evaluate_run(
     solver: str | None = None,
     guidance: float | None = None,
     density_digits: int = DENSITY_DIGITS,
+    nfe_samples: int | None = None,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
-    "seconds": {group: float}, "test_digits": {group: int}, "classifier": {...}}. Same run, data and
-    seed -> the same numbers. The likelihood bounds score the first `iw_digits` test digits, the
-    latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
+    "seconds": {group: float}, "test_digits": {group: int}, "classifier": {...}}, and for a model that samples
+    "fid_vs_nfe" (`fid_vs_nfe`, `nfe_samples` per point: by default NFE_SAMPLES or n_samples if fewer; 0 leaves
+    it out). Same run, data and seed -> the same numbers. The likelihood bounds score the first `iw_digits` test
+    digits, the latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
     `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I).
     `steps`, `solver`, `guidance`: an iterative model's sampler (its defaults when None; ignored by
     one-step models); `density_digits`: test digits scored in bits/dim (models with a density)."""
     from .runs import Run, load_run, other_training_data
 
     if not isinstance(run, Run):
-        run = load_run(run)
+        with torch.inference_mode(False):  # normal weights: the density's divergence takes gradients through them
+            run = load_run(run)
     check_eval_sizes(n_samples, iw_samples)
     if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0 or train_digits < 0:
         raise GenlabError(
@@ -645,7 +701,21 @@ def evaluate_run(
             "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
             "estimates over the same K samples."
         )
-    return {
+    curve = None
+    nfe_samples = min(NFE_SAMPLES, n_samples) if nfe_samples is None else nfe_samples
+    if run.model.can_sample and nfe_samples:
+        t = time.perf_counter()
+        curve = fid_vs_nfe(run, data, n_samples=nfe_samples, seed=seed, guidance=sampler.guidance, classifier=classifier, prior=prior)
+        curve["seconds"] = round(time.perf_counter() - t, 3)  # beside the curve: "seconds" holds the metric groups'
+        ctx.notes.append(
+            f"fid_vs_nfe: FID of {nfe_samples} samples (seed {seed}) against the {len(x_test)} test digits at each number of "
+            "network evaluations per sample (NFE); "
+            + (f"the same noises integrated with {curve['solver']} at {', '.join(str(p['steps']) for p in curve['points'])} steps. "
+               if run.model.iterative else "one evaluation per sample for this model. ")
+            + ("Fewer samples than fid's, so higher: " if nfe_samples < n_samples else "")
+            + "compare its points only with other models' fid_vs_nfe points at the same sample count."
+        )
+    results = {
         "model": run.name,
         "seed": seed,
         "prior": "standard normal" if prior is None else f"gaussian mixture ({prior.components})",
@@ -662,6 +732,9 @@ def evaluate_run(
         "train_digits": train_digits,  # the first N training digits: the latent k-NN's reference and fid_floor's
         "classifier": ctx.classifier_info,
     }
+    if curve is not None:
+        results["fid_vs_nfe"] = curve
+    return results
 
 
 def _sampler_record(model, sampler: SamplerOptions) -> dict:
@@ -712,9 +785,36 @@ def read_eval(run_dir: str | os.PathLike, name: str = EVAL_FILE) -> dict:
         if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
             raise RunFolderError(f"{path}: no 'metrics' object")
         check_fields(results, EVAL_FIELDS, str(path))
+        fid_curve(results, str(path))
     except RunFolderError as e:
         raise RunFolderError(f"{e}; rerun `genlab eval {run_dir}`") from None
     return results
+
+
+def fid_curve(results: dict, where: str = EVAL_FILE) -> dict | None:
+    """The "fid_vs_nfe" section of an eval.json (`fid_vs_nfe`'s dict), checked: None when absent;
+    RunFolderError when it is not a sample count and a list of points of positive steps and NFE
+    and a finite FID or null."""
+    curve = results.get("fid_vs_nfe")
+    if curve is None:
+        return None
+
+    def bad(what: str):
+        return RunFolderError(f"{where}: 'fid_vs_nfe' {what}; rerun `genlab eval`")
+
+    def number(v, low=0.0):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+
+    if not isinstance(curve, dict) or not number(curve.get("samples"), 2) or not isinstance(curve.get("points"), list):
+        raise bad("needs a sample count of at least 2 and a list of points")
+    if not 1 <= len(curve["points"]) <= 64:
+        raise bad("must hold 1 to 64 points")
+    for point in curve["points"]:
+        if not isinstance(point, dict) or not number(point.get("steps"), 1) or not number(point.get("nfe"), 1):
+            raise bad("points need steps and nfe of at least 1")
+        if point.get("fid") is not None and not number(point["fid"]):
+            raise bad("point FIDs must be finite numbers >= 0 or null")
+    return curve
 
 
 def format_results(results: dict) -> str:
@@ -730,5 +830,9 @@ def format_results(results: dict) -> str:
     metrics = results["metrics"]
     width = max((len(k) for k in metrics), default=0)
     lines = [head] + [f"  {k:<{width}}  {v:<12.6g}{direction(k)}".rstrip() for k, v in metrics.items()]
+    curve = results.get("fid_vs_nfe")
+    if curve and len(curve["points"]) > 1:
+        fids = ", ".join(f"{p['nfe']}: {'-' if p['fid'] is None else format(p['fid'], '.4g')}" for p in curve["points"])
+        lines.append(f"  FID by NFE ({curve['samples']} samples, {curve['solver']}): {fids}")
     lines += [f"warning: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def _is_kind(value, kind: str) -> bool:
 RUN_INFO_FIELDS = {"parameters": "number", "device": "string", "versions": "object", "data": "object", "world_size": "number"}
 DATA_INFO_FIELDS = {"name": "string", "source": "string", "sha256": "string", "notes": "strings", "n_train": "number", "n_test": "number"}
 METRICS_ROW_FIELDS = {"train": "numbers", "test": "numbers", "health": "numbers", "warnings": "strings"}  # the rest: numbers
-EVAL_FIELDS = {"metrics": "numbers", "notes": "strings", "warnings": "strings", "n_samples": "number", "iw_samples": "number", "n_test": "number"}
+EVAL_FIELDS = {"metrics": "numbers", "notes": "strings", "warnings": "strings", "n_samples": "number", "iw_samples": "number", "n_test": "number", "fid_vs_nfe": "object"}
 
 
 _KIND_WORDS = {"number": "a number", "numbers": "an object of numbers", "strings": "a list of strings", "string": "a string", "object": "an object"}

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from .data import DataBundle, load_dataset  # noqa: E402
 from .errors import RunFolderError  # noqa: E402
+from .models.sampling import SamplerOptions  # noqa: E402
 from .runs import FIGURES_DIR, Run  # noqa: E402
 from .utils import atomic_write_bytes, make_generator  # noqa: E402
 
@@ -53,10 +54,14 @@ def grid_png(images) -> bytes:
     return buffer.getvalue()
 
 
-def _save(fig, path: Path) -> Path:
+def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write_bytes(path, png_bytes(fig))
     return path
 
 
@@ -161,6 +166,19 @@ def plot_samples(run: Run, path: Path, seed: int = 0, n_rows: int = 8, n_cols: i
     return _image_figure(tile(images.numpy(), n_rows, n_cols), f"{run.name}: random samples (seed {seed}{source})", path)
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between noise vectors a, b (D,) at t (T, 1) -> (T, D). Draws of
+    N(0, I) in many dimensions all lie near the sphere of radius √D; the straight line between two
+    passes well inside it (|midpoint| ≈ √(D/2)), where the model never saw its noise."""
+    a, b = a.flatten().double(), b.flatten().double()
+    cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1, 1))
+    if omega < 1e-4:  # (nearly) parallel: the straight line is the arc
+        return ((1 - t) * a + t * b).float()
+    t = t.double()
+    return ((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)).float()
+
+
 def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, seed: int = 0, steps: int = 10, rows: int = 4) -> Path:
     """Straight lines in latent space between pairs of test digits of different classes (AE,
     VAE); for a model without an encoder, between pairs of noise vectors."""
@@ -182,11 +200,55 @@ def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, s
         gen = make_generator(seed)
         for _ in range(rows):
             za, zb = torch.randn(2, run.model.config.latent_dim, generator=gen)
-            z = ((1 - t) * za + t * zb).to(run.device)
-            lines.append(run.decode(z))
-        title = f"{run.name}: interpolation between two noise vectors"
+            lines.append(run.decode(slerp(za, zb, t).to(run.device)))
+        title = f"{run.name}: interpolation between two noise vectors (along the sphere)"
     grid = tile(torch.cat(lines).numpy(), rows, steps)
     return _image_figure(grid, title, path)
+
+
+@torch.inference_mode()
+def plot_trajectory(run: Run, path: Path, seed: int = 0, rows: int = 4, keep: int = 8) -> Path:
+    """An iterative model's samples along t, one row per sample: the noise x₀ on the left, the
+    state after each stretch of the ODE solve, the digit on the right (default sampler)."""
+    frames = run.trajectory(rows, seed=seed, keep=keep)  # (keep, rows, 1, 28, 28), the same noise as run.sample(rows, seed)
+    frames = frames.clamp(0, 1).transpose(0, 1)  # (rows, keep, 1, 28, 28): a row per sample
+    grid = tile(frames.reshape(-1, 28, 28).numpy(), rows, frames.shape[1])
+    nfe = run.model.nfe(SamplerOptions())
+    return _image_figure(grid, f"{run.name}: noise (t = 0, left) becoming a digit (t = 1, right), {nfe} network evaluations", path)
+
+
+def fid_vs_nfe_figure(curves: list[dict]) -> bytes:
+    """PNG of FID against network evaluations per sample, from eval.json's "fid_vs_nfe" sections:
+    curves = [{"name", "samples", "solver", "points": [{"nfe", "fid"}]}]. A model with several
+    points (an iterative sampler) is a line; a one-step model one marker at NFE = 1."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    counts = sorted({int(c["samples"]) for c in curves})
+    for i, curve in enumerate(curves):
+        points = [(p["nfe"], p["fid"]) for p in curve["points"] if p.get("fid") is not None]
+        if not points:
+            continue
+        nfe, fid = zip(*points)
+        label = curve["name"] + (f" ({curve['solver']})" if len(points) > 1 and curve.get("solver") else "")
+        if len(counts) > 1:  # say which count each series used, when they differ
+            label += f", {int(curve['samples']):,} samples"
+        if len(points) > 1:
+            ax.plot(nfe, fid, "o-", color=f"C{i}", label=label)
+        else:
+            ax.plot(nfe, fid, "*", markersize=14, color=f"C{i}", label=label + " (one evaluation)")
+        for x, y in points:
+            ax.annotate(f"{y:.0f}" if y >= 100 else f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{i}")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p["nfe"] for c in curves for p in c["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per sample (NFE)")
+    ax.set_ylabel("FID (classifier features, lower is better)")
+    counted = f"{counts[0]:,} samples per point" if len(counts) == 1 else "samples per point as in the legend"
+    ax.set_title(f"Sample quality against sampling cost ({counted}, test set)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return png_bytes(fig)
 
 
 def plot_losses(run: Run, path: Path) -> Path:
@@ -239,6 +301,8 @@ def make_figures(run: Run, data: DataBundle | None = None, seed: int = 0, n_poin
         figures["samples"] = plot_samples(run, out / "samples.png", seed=seed, class_names=data.class_names, prior=prior)
     if model.can_encode or model.can_sample:
         figures["interpolation"] = plot_interpolation(run, x, y, out / "interpolation.png", seed=seed)
+    if model.iterative:
+        figures["trajectory"] = plot_trajectory(run, out / "trajectory.png", seed=seed)
     if run.metrics:
         figures["losses"] = plot_losses(run, out / "losses.png")
     return figures

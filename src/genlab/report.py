@@ -1,5 +1,6 @@
 """report.html: one self-contained page (figures inlined as base64, no server, no internet)
-comparing the lab's models — reconstruction-based (AE, VAE) beside adversarial (GAN)."""
+comparing the lab's models — reconstruction-based (AE, VAE), adversarial (GAN) and flow (flow
+matching) side by side."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .evaluate import read_eval
+from .evaluate import fid_curve, read_eval
 from .explore.offline import explorer_block
 from .metrics import RANKED
 from .lab import LAB_ENTRIES
 from .modelcard import changed_settings, setting_text
 from .models import get_model_class
+from .plots import fid_vs_nfe_figure
 from .runs import CARD_FILE, CONFIG_FILE, FIGURES_DIR, read_config, read_metrics
 from .utils import atomic_write_text
 
@@ -23,6 +25,7 @@ FIGURE_TITLES = {
     "latent_space": "Latent space of the test set",
     "manifold": "Decoded latent manifold",
     "interpolation": "Interpolation",
+    "trajectory": "Along t: the noise becoming a digit",
     "losses": "Training curves",
 }
 
@@ -46,7 +49,21 @@ FAMILY_TEXT = {
         "blending digit shapes; the same networks without either draw half-formed digits. Its samples come from a "
         "moving average of the generator's weights, which smooths out the last steps' oscillation."
     ),
+    "flow": (
+        "Flow models (flow matching, the simpler form of diffusion behind today's image generators) learn a velocity "
+        "field: at every time t between 0 and 1 and every image, which way to move. Training draws noise x₀, a real "
+        "digit x₁ and a time t, puts the image at x_t = (1 − t)·x₀ + t·x₁ on the straight line between them, and asks "
+        "the network for the direction of that line, x₁ − x₀, with a squared error: no discriminator, no game, a loss "
+        "that falls like an autoencoder's. To draw a digit, start from noise and follow the field step by step, solving "
+        "an ordinary differential equation: more steps follow the curved paths of the learned field more closely and "
+        "give better digits, each step one more pass of the network, so quality costs time (the figure of FID against "
+        "network evaluations below measures how much). Because the path is a smooth, invertible map, the model also "
+        "gives the exact likelihood of a digit, by the change of variables along the path."
+    ),
 }
+# The order the families are compared in; a family not listed here comes after them.
+FAMILY_ORDER = ("reconstruction", "adversarial", "flow")
+FAMILY_TITLES = {"reconstruction": "reconstruction-based", "adversarial": "adversarial", "flow": "flow"}
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -133,21 +150,20 @@ def _metric(run: dict, key: str):
     return value if isinstance(value, (int, float)) else None
 
 
-def _family_reading(family: str, members: list[dict]) -> str:
+def _family_reading(members: list[dict]) -> str:
     """What this lab's numbers say about a family, in a sentence or two (empty if unmeasured)."""
     def best(key, lower_better):
         scored = [(r, _metric(r, key)) for r in members if _metric(r, key) is not None]
         return min(scored, key=lambda t: t[1] if lower_better else -t[1]) if scored else (None, None)
 
     sentences = []
-    if family == "reconstruction":
-        run, mse = best("recon_mse_per_pixel", True)
-        if run:
-            sentences.append(f"Here {run['name']} reconstructs best ({mse:.4f} MSE per pixel)")
-            knn_run, knn = best("knn5_accuracy", False)
-            if knn_run:
-                sentences[-1] += f" and {knn_run['name']}'s codes separate the digits best (5-NN accuracy {knn:.2f})"
-            sentences[-1] += "."
+    run, mse = best("recon_mse_per_pixel", True)  # each sentence where some member has the metric
+    if run:
+        sentences.append(f"Here {run['name']} reconstructs best ({mse:.4f} MSE per pixel)")
+        knn_run, knn = best("knn5_accuracy", False)
+        if knn_run:
+            sentences[-1] += f" and {knn_run['name']}'s codes separate the digits best (5-NN accuracy {knn:.2f})"
+        sentences[-1] += "."
     run, fid = best("fid", True)
     if run:
         entropy, precision, recall = _metric(run, "class_entropy"), _metric(run, "precision"), _metric(run, "recall")
@@ -157,7 +173,79 @@ def _family_reading(family: str, members: list[dict]) -> str:
         if entropy is not None:
             text += f"; class entropy {entropy:.2f}" + (" (all ten digits)" if entropy >= 0.95 else " (some digits are under-represented)")
         sentences.append(text + ".")
+    for r in members:  # an iterative sampler: what its steps buy
+        points = [p for p in (_curve(r) or {}).get("points", []) if p.get("fid") is not None]
+        if len(points) > 1:
+            sentences.append(
+                f"{r['name']}'s FID goes from {points[0]['fid']:.3g} at {points[0]['nfe']} network evaluation"
+                f"{'s' if points[0]['nfe'] > 1 else ''} per sample to {points[-1]['fid']:.3g} at {points[-1]['nfe']}."
+            )
+    run, bpd = best("bits_per_dim", True)
+    if run:
+        sentences.append(f"{run['name']} gives the test digits {bpd:.3g} bits per dimension (see the note on likelihoods below).")
     return " ".join(sentences)
+
+
+def _curve(run: dict) -> dict | None:
+    """The run's checked FID-vs-NFE section of eval.json, or None."""
+    return fid_curve(run["eval"], str(run["dir"] / "eval.json"))
+
+
+def _fid_vs_nfe_section(runs: list[dict]) -> str:
+    """FID against network evaluations per sample: each iterative model's curve beside every
+    one-step sampler's single point, all from the lab's eval.json files. Empty when no model
+    has a curve (several points): one-step models alone have nothing to trade."""
+    curves = [dict(curve, name=r["name"]) for r in runs if (curve := _curve(r))]
+    if not any(len(c["points"]) > 1 for c in curves):
+        return ""
+    counts = sorted({int(c["samples"]) for c in curves})
+    figure = base64.b64encode(fid_vs_nfe_figure(curves)).decode("ascii")
+    columns = sorted({p["nfe"] for c in curves for p in c["points"]})
+    head = "<tr><th>model</th><th>samples</th>" + "".join(f"<th>NFE {n}</th>" for n in columns) + "</tr>"
+    rows = []
+    for c in curves:
+        by_nfe = {p["nfe"]: p["fid"] for p in c["points"]}
+        cells = "".join(f"<td>{_fmt(by_nfe[n]) if by_nfe.get(n) is not None else ''}</td>" for n in columns)
+        rows.append(f"<tr><td>{html.escape(c['name'])}</td><td>{int(c['samples']):,}</td>{cells}</tr>")
+    note = (
+        "A one-step sampler (GAN, VAE) makes a digit with one pass of its network; a flow makes it with as many passes "
+        "as its ODE solver takes steps (Euler: one pass per step). The same noises are integrated with 1, 2, 4, … steps, "
+        "so the curve shows what each doubling of the cost buys. FID here is computed from "
+        + (f"{counts[0]:,} samples per point" if len(counts) == 1 else "the sample counts in the table")
+        + " against the test set's features; FID grows as the sample count falls, so compare these points with each "
+        "other, not with the fid row above (drawn from more samples)."
+    )
+    return (
+        "<h3>Sample quality against sampling cost</h3>"
+        f"<figure><img alt='FID against network evaluations per sample' src='data:image/png;base64,{figure}'>"
+        f"<figcaption>FID against network evaluations per sample (NFE), "
+        f"{html.escape(', '.join(f'{n:,}' for n in counts))} samples per point.</figcaption></figure>"
+        f"<table>{head}{''.join(rows)}</table><p class='note'>{note}</p>"
+    )
+
+
+def _likelihood_note(runs: list[dict]) -> str:
+    """Why a flow's bits/dim and a VAE's IWAE bound sit on different scales, with this lab's
+    numbers; empty unless some model has bits/dim."""
+    bpd = [(r["name"], _metric(r, "bits_per_dim")) for r in runs if _metric(r, "bits_per_dim") is not None]
+    iwae = [(r["name"], _metric(r, "iwae_log_px_nats")) for r in runs if _metric(r, "iwae_log_px_nats") is not None]
+    if not bpd:
+        return ""
+    measured = "; ".join(f"{html.escape(n)}: {v:.3g} bits/dim" for n, v in bpd)
+    text = (
+        f"<h3>Two likelihoods, two scales</h3><p>The flow's likelihood ({measured}) is an exact density, by the change of "
+        "variables along its ODE, of the 8-bit grey test digits made continuous by uniform dequantisation (noise "
+        "within each of the 256 grey levels), in bits per pixel (784 per digit; lower is better). "
+    )
+    if iwae:
+        vae = "; ".join(f"{html.escape(n)}: {v:.4g} nats per digit" for n, v in iwae)
+        text += (
+            f"The VAEs' bound ({vae}) is a lower bound on a different quantity: a Bernoulli likelihood that treats each "
+            "pixel's grey value as the probability of ink, a model of (soft) black-and-white pixels rather than a density "
+            "over 256 grey levels. Dividing nats by 784·ln 2 puts it in bits per pixel but not on the same data: the two "
+            "numbers measure different probabilities of different things, so neither ranks the other. "
+        )
+    return text + "For scale, FFJORD reports 0.99 bits/dim on MNIST trained on all 60,000 digits.</p>"
 
 
 def _metrics_table(runs: list[dict]) -> str:
@@ -239,32 +327,33 @@ def write_report(lab_dir: Path, models: list[str] | None = None) -> Path:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>genlab report</title>",
         f"<style>{STYLE}</style></head><body>",
-        "<h1>genlab: autoencoders, VAEs and GANs</h1>",
+        "<h1>genlab: autoencoders, VAEs, GANs and flows</h1>",
         f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Data: {html.escape(data.get('source', '?'))} "
         f"({_fmt(data.get('n_train', '?'))} training, {_fmt(data.get('n_test', '?'))} test images).</p>",
         "<h2>Summary</h2>",
         _summary_table(runs),
         _metrics_table(runs),
-        "<h2>Reconstruction-based vs adversarial</h2>",
+        _likelihood_note(runs),
     ]
-    order = dict.fromkeys([*FAMILY_TEXT, *(r["family"] for r in runs)])  # the known families first, then any other
-    families = {f: [r for r in runs if r["family"] == f] for f in order}
+    present = sorted({r["family"] for r in runs}, key=lambda f: (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f))
+    families = {f: [r for r in runs if r["family"] == f] for f in present}
+    parts.append(f"<h2>{html.escape(' vs '.join(FAMILY_TITLES.get(f, f) for f in present).capitalize())}</h2>")
     parts.append("<div class='row'>")
     for family, members in families.items():
-        if not members:
-            continue
-        parts.append(f"<div class='col'><h3>{family.capitalize()}: {html.escape(', '.join(r['name'] for r in members))}</h3>")
-        parts.append(f"<p>{FAMILY_TEXT.get(family, '')}</p><p><i>{html.escape(_family_reading(family, members))}</i></p></div>")
+        parts.append(f"<div class='col'><h3>{html.escape(FAMILY_TITLES.get(family, family).capitalize())}: {html.escape(', '.join(r['name'] for r in members))}</h3>")
+        parts.append(f"<p>{FAMILY_TEXT.get(family, '')}</p><p><i>{html.escape(_family_reading(members))}</i></p></div>")
     parts.append("</div>")
     # The pictures that both families can show, next to each other.
-    for figure in ("samples", "interpolation", "losses"):
+    for figure in ("samples", "trajectory", "interpolation", "losses"):
         cells = [(r, _figure(r["dir"], figure, r["name"])) for r in runs]
         cells = [(r, c) for r, c in cells if c]
-        if len(cells) < 2:
+        if len(cells) < (1 if figure == "trajectory" else 2):  # only iterative models have a trajectory: one is worth showing
             continue
-        parts.append(f"<h3>{FIGURE_TITLES[figure]}, side by side</h3><div class='figures'>")
+        parts.append(f"<h3>{FIGURE_TITLES[figure]}{'' if figure == 'trajectory' else ', side by side'}</h3><div class='figures'>")
         parts.extend(f"<div>{c}</div>" for _, c in cells)
         parts.append("</div>")
+        if figure == "samples":  # what the samples cost: an iterative sampler's steps against FID
+            parts.append(_fid_vs_nfe_section(runs))
     for r in runs:
         parts.append(f"<h2 id='{html.escape(r['name'])}'>{html.escape(r['name'])} ({r['family']})</h2>")
         if r["name"] in LAB_ENTRIES and LAB_ENTRIES[r["name"]].why:

@@ -61,42 +61,55 @@
         return r.json().then(function (j) { if (!r.ok) throw new Error(j.error || ("HTTP " + r.status)); return j; });
       });
   };
+  function unpackReading(x) { x.nearest.image = bytes(x.nearest.image); return x; }
+  function unpackImages(r) { return { images: r.images.map(bytes), readings: r.readings.map(unpackReading) }; }
   LiveSource.prototype.decode = function (zs, digits) {
     var body = { z: zs };
     if (digits) body.digits = digits;
-    return this.post("/api/decode", body).then(function (r) {
-      return {
-        images: r.images.map(bytes),
-        readings: r.readings.map(function (x) { x.nearest.image = bytes(x.nearest.image); return x; }),
-      };
-    });
+    return this.post("/api/decode", body).then(unpackImages);
   };
   LiveSource.prototype.seed = function (seed) { return this.post("/api/seed", { seed: seed }).then(function (r) { return r.z; }); };
+  // an iterative model: the picture after req.steps solver steps from req.seed's noise, and its states along t
+  LiveSource.prototype.flow = function (req) {
+    var body = { seed: req.seed, steps: req.steps };
+    if (req.digit !== null) body.digits = [req.digit];
+    if (req.guidance !== null) body.guidance = req.guidance;
+    return this.post("/api/flow", body).then(function (r) {
+      return { image: bytes(r.image), reading: unpackReading(r.reading), frames: r.frames.map(bytes), times: r.times, steps: r.steps, nfe: r.nfe };
+    });
+  };
+  LiveSource.prototype.interpolateSeeds = function (a, b, digit) {
+    var body = { seeds: [a, b] };
+    if (digit !== null) { body.digits = []; for (var i = 0; i < STRIP; i++) body.digits.push(digit); }
+    return this.post("/api/interpolate", body).then(unpackImages);
+  };
+
+  // The digits of a PNG sprite (image k at column k % cols, row k / cols), as Uint8Arrays of ink.
+  function spritePixels(uri, count) {
+    return new Promise(function (resolve, reject) {
+      var img = new Image();
+      img.onload = function () {
+        var c = document.createElement("canvas"); c.width = img.width; c.height = img.height;
+        var ctx = c.getContext("2d"); ctx.drawImage(img, 0, 0);
+        var rgba = ctx.getImageData(0, 0, img.width, img.height).data, cols = img.width / SIDE, out = [];
+        for (var k = 0; k < count; k++) {
+          var px = new Uint8Array(SIDE * SIDE), x0 = (k % cols) * SIDE, y0 = Math.floor(k / cols) * SIDE;
+          for (var y = 0; y < SIDE; y++) for (var x = 0; x < SIDE; x++) px[y * SIDE + x] = rgba[4 * ((y0 + y) * img.width + x0 + x)];
+          out.push(px);
+        }
+        resolve(out);
+      };
+      img.onerror = function () { reject(new Error("the precomputed decodings could not be read")); };
+      img.src = uri;
+    });
+  }
 
   // report.html: decodings of a grid over the map, in one PNG sprite (cell k at column k % cols,
   // row k / cols), with the classifier's reading and the nearest training digit per cell.
   function GridSource(data) {
     this.data = data; this.canSeed = false;
     var self = this;
-    function pixelsOf(uri, count) {
-      return new Promise(function (resolve, reject) {
-        var img = new Image();
-        img.onload = function () {
-          var c = document.createElement("canvas"); c.width = img.width; c.height = img.height;
-          var ctx = c.getContext("2d"); ctx.drawImage(img, 0, 0);
-          var rgba = ctx.getImageData(0, 0, img.width, img.height).data, cols = img.width / SIDE, out = [];
-          for (var k = 0; k < count; k++) {
-            var px = new Uint8Array(SIDE * SIDE), x0 = (k % cols) * SIDE, y0 = Math.floor(k / cols) * SIDE;
-            for (var y = 0; y < SIDE; y++) for (var x = 0; x < SIDE; x++) px[y * SIDE + x] = rgba[4 * ((y0 + y) * img.width + x0 + x)];
-            out.push(px);
-          }
-          resolve(out);
-        };
-        img.onerror = function () { reject(new Error("the precomputed decodings could not be read")); };
-        img.src = uri;
-      });
-    }
-    this.ready = Promise.all([pixelsOf(data.sprite, data.cells.digit.length), pixelsOf(data.nearest_sprite, data.nearest_labels.length)])
+    this.ready = Promise.all([spritePixels(data.sprite, data.cells.digit.length), spritePixels(data.nearest_sprite, data.nearest_labels.length)])
       .then(function (parts) { self.cellImages = parts[0]; self.nearImages = parts[1]; });
   }
   GridSource.prototype.cell = function (z, digit) {
@@ -106,19 +119,41 @@
     });
     return ((digit || 0) * g + idx[1]) * g + idx[0];
   };
+  // cell k's reading, from the integers offline.py packs: confidence in %, distance in hundredths
+  function cellReading(d, nearImages, k) {
+    var n = d.cells.nearest[k];
+    return {
+      digit: d.cells.digit[k] < 0 ? null : d.cells.digit[k], confidence: d.cells.confidence[k] / 100,
+      nearest: { label: d.nearest_labels[n], distance: d.cells.distance[k] / 100, image: nearImages[n] },
+    };
+  }
   GridSource.prototype.decode = function (zs, digits) {
     var self = this, d = this.data;
     return this.ready.then(function () {
       var cells = zs.map(function (z, i) { return self.cell(z, digits ? digits[i] : 0); });
       return {
         images: cells.map(function (k) { return self.cellImages[k]; }),
-        readings: cells.map(function (k) {
-          var n = d.cells.nearest[k];
-          return {
-            digit: d.cells.digit[k] < 0 ? null : d.cells.digit[k], confidence: d.cells.confidence[k] / 100,
-            nearest: { label: d.nearest_labels[n], distance: d.cells.distance[k] / 100, image: self.nearImages[n] },
-          };
-        }),
+        readings: cells.map(function (k) { return cellReading(d, self.nearImages, k); }),
+      };
+    });
+  };
+
+  // report.html, an iterative model: a few seeds integrated with a few step counts in advance;
+  // cell k = seed index · steps.length + step index, its states along t in frames[k] of the frame sprite.
+  function FlowGridSource(data) {
+    this.data = data; this.canSeed = false; this.seeds = data.seeds; this.stepChoices = data.steps;
+    var self = this, nFrames = data.frames.reduce(function (s, f) { return s + f[1]; }, 0);
+    this.ready = Promise.all([
+      spritePixels(data.sprite, data.cells.digit.length), spritePixels(data.frames_sprite, nFrames), spritePixels(data.nearest_sprite, data.nearest_labels.length),
+    ]).then(function (parts) { self.cellImages = parts[0]; self.frameImages = parts[1]; self.nearImages = parts[2]; });
+  }
+  FlowGridSource.prototype.flow = function (req) {
+    var self = this, d = this.data;
+    return this.ready.then(function () {
+      var si = Math.max(0, d.seeds.indexOf(req.seed)), ti = Math.max(0, d.steps.indexOf(req.steps)), k = si * d.steps.length + ti, f = d.frames[k];
+      return {
+        image: self.cellImages[k], reading: cellReading(d, self.nearImages, k), frames: self.frameImages.slice(f[0], f[0] + f[1]),
+        times: d.times[k], steps: d.steps[ti], nfe: d.nfe[ti],
       };
     });
   };
@@ -148,15 +183,32 @@
     return z.map(function (v) { return Math.round(v * 1e5) / 1e5; });
   };
 
+  // The explorer's first line (model, family, what its input is) with the status beside it.
+  function buildHead(ex, what) {
+    var info = ex.info;
+    ex.root.textContent = "";
+    ex.status = el("span", { class: "gx-status" });
+    ex.root.appendChild(el("div", { class: "gx-head" }, [
+      el("b", { text: info.model }), document.createTextNode(" · " + info.family + " · " + what + (info.conditional ? " · conditional" : "")), ex.status,
+    ]));
+  }
+
+  // The picture beside its nearest training digit, with the canvases and texts showReading fills.
+  function buildPair(ex, caption) {
+    ex.digitCanvas = el("canvas", { class: "gx-digit", width: 168, height: 168, "aria-label": caption });
+    ex.reading = el("div", { class: "gx-reading", text: "…" });
+    ex.nearCanvas = el("canvas", { class: "gx-near", width: 84, height: 84, "aria-label": "nearest training digit" });
+    ex.nearInfo = el("div", { class: "gx-nearinfo" });
+    ex.zText = el("div", { class: "gx-z" });
+    return el("div", { class: "gx-pair" }, [
+      el("div", {}, [el("div", { class: "gx-caption", text: caption }), ex.digitCanvas, ex.reading]),
+      el("div", {}, [el("div", { class: "gx-caption", text: "nearest training digit (pixels)" }), ex.nearCanvas, ex.nearInfo]),
+    ]);
+  }
+
   Explorer.prototype.build = function () {
     var info = this.info, self = this, names = info.class_names;
-    this.root.textContent = "";
-    this.status = el("span", { class: "gx-status" });
-    this.root.appendChild(el("div", { class: "gx-head" }, [
-      el("b", { text: info.model }),
-      document.createTextNode(" · " + info.family + " · " + info.latent_dim + "-D latent" + (info.conditional ? " · conditional" : "")),
-      this.status,
-    ]));
+    buildHead(this, info.latent_dim + "-D latent");
     this.map = el("canvas", { class: "gx-map", width: MAP, height: MAP, tabindex: "0", "aria-label": "latent map: move the pointer to decode" });
     var axisText = info.axis_names[0] + " → right, " + info.axis_names[1] + " ↑ up";
     if (info.can_encode) axisText += info.latent_dim > 2 ? "; a plane through the codes (PCA)" : "";
@@ -170,11 +222,7 @@
     var mapHelp = info.points ? "Dots: test digits' codes. Move over the map to decode; drag to interpolate." : "Move over the map to decode; drag to interpolate.";
     var mapBox = el("div", { class: "gx-mapbox" }, [this.map, el("div", { class: "gx-axes", text: axisText }), legend, el("div", { class: "gx-note", text: mapHelp })]);
 
-    this.digitCanvas = el("canvas", { class: "gx-digit", width: 168, height: 168, "aria-label": "decoded digit" });
-    this.reading = el("div", { class: "gx-reading", text: "…" });
-    this.nearCanvas = el("canvas", { class: "gx-near", width: 84, height: 84, "aria-label": "nearest training digit" });
-    this.nearInfo = el("div", { class: "gx-nearinfo" });
-    this.zText = el("div", { class: "gx-z" });
+    var pair = buildPair(this, "decoded");
     var controls = el("div", { class: "gx-controls" });
     if (info.conditional) {
       this.picker = el("div", { class: "gx-picker", role: "group", "aria-label": "digit" });
@@ -204,13 +252,7 @@
     })(k);
     if (info.latent_dim > this.k) controls.appendChild(el("div", { class: "gx-note", text: "The map and sliders move along the first " + this.k + " of " + info.latent_dim + " directions; the rest stay " + (info.can_encode ? "at the codes' mean." : "as the seed drew them.") }));
 
-    var side = el("div", { class: "gx-side" }, [
-      el("div", { class: "gx-pair" }, [
-        el("div", {}, [el("div", { class: "gx-caption", text: "decoded" }), this.digitCanvas, this.reading]),
-        el("div", {}, [el("div", { class: "gx-caption", text: "nearest training digit (pixels)" }), this.nearCanvas, this.nearInfo]),
-      ]),
-      this.zText, controls,
-    ]);
+    var side = el("div", { class: "gx-side" }, [pair, this.zText, controls]);
     this.root.appendChild(el("div", { class: "gx-main" }, [mapBox, side]));
     this.stripCaption = el("div", { class: "gx-caption", text: info.can_encode || !this.source.canSeed ? "Interpolation: drag across the map." : "Interpolation: drag across the map, or between two seeds." });
     this.strip = el("div", { class: "gx-strip" });
@@ -376,6 +418,12 @@
   };
 
   Explorer.prototype.show = function (image, r, z) {
+    this.showReading(image, r);
+    this.zText.textContent = z.length <= 4 ? "z = (" + z.map(function (v) { return fmt(v); }).join(", ") + ")" : "z: " + z.length + " numbers, |z| = " + fmt(Math.hypot.apply(null, z));
+  };
+
+  // the picture, what the classifier reads in it, and its nearest training digit
+  Explorer.prototype.showReading = function (image, r) {
     drawDigit(this.digitCanvas, image);
     drawDigit(this.nearCanvas, r.nearest.image);
     this.reading.textContent = "";
@@ -390,7 +438,6 @@
     this.nearInfo.textContent = "a " + name + ", distance " + fmt(r.nearest.distance) + " (nearest of " + this.info.n_train + " training digits)";
     this.nearInfo.appendChild(el("div", { text: "Real test digits " + (typical === byClass ? "of class " + name + " " : "") + "lie " + fmt(typical) + " from their nearest training digit (median)." }));
     if (r.nearest.distance < 0.6 * typical) this.nearInfo.appendChild(el("div", { class: "gx-warn", text: "Much closer than that: here the model reproduces a training digit." }));
-    this.zText.textContent = z.length <= 4 ? "z = (" + z.map(function (v) { return fmt(v); }).join(", ") + ")" : "z: " + z.length + " numbers, |z| = " + fmt(Math.hypot.apply(null, z));
   };
 
   Explorer.prototype.fillStrip = function (strip, out, label, selected) {
@@ -428,6 +475,137 @@
     }).catch(function (e) { self.fail(e); });
   };
 
+
+  // --- an iterative model (a flow): a seed sets the noise x0, a slider the solver's steps -------
+
+  function FlowExplorer(root, info, source) {
+    this.root = root; this.info = info; this.source = source;
+    var sampler = info.sampler;
+    this.live = !source.stepChoices;
+    this.stepChoices = source.stepChoices || null;  // offline: the step counts computed in advance
+    this.seed = source.seeds ? source.seeds[0] : 0;
+    this.steps = this.stepChoices ? this.stepChoices[this.stepChoices.length - 1] : sampler.default_steps;
+    this.digit = info.conditional && this.live ? 0 : null;
+    this.guidance = info.conditional && this.live && sampler.guidance ? sampler.guidance["default"] : null;
+    this.busy = false; this.pending = false; this.eventTime = 0; this.decodes = 0;
+    this.build();
+    this.touch();
+  }
+  ["showReading", "fillStrip", "readingText", "fail"].forEach(function (name) { FlowExplorer.prototype[name] = Explorer.prototype[name]; });
+
+  FlowExplorer.prototype.build = function () {
+    var info = this.info, self = this, sampler = info.sampler;
+    buildHead(this, "noise of " + info.latent_dim + " numbers, integrated step by step");
+    var pair = buildPair(this, "sample");
+    var controls = el("div", { class: "gx-controls" });
+    if (this.live) {
+      this.seedInput = el("input", { type: "number", class: "gx-seed", min: "0", max: String(info.limits.max_seed), value: "0", "aria-label": "seed" });
+      this.seedInput.addEventListener("change", function () { self.seed = Explorer.prototype.seedValue.call(self, self.seedInput); self.touch(); });
+    } else {
+      this.seedInput = el("select", { class: "gx-seed", "aria-label": "seed" });
+      this.source.seeds.forEach(function (s, i) {
+        self.seedInput.appendChild(el("option", { value: String(s), text: String(s) + (self.source.data.digits ? " (digit " + info.class_names[self.source.data.digits[i]] + ")" : "") }));
+      });
+      this.seedInput.addEventListener("change", function () { self.seed = Number(self.seedInput.value); self.touch(); });
+    }
+    controls.appendChild(el("label", {}, [document.createTextNode("seed (sets the noise x₀)"), this.seedInput]));
+    var steps = this.stepChoices
+      ? { min: "0", max: String(this.stepChoices.length - 1), value: String(this.stepChoices.length - 1) }
+      : { min: "1", max: String(sampler.max_steps), value: String(this.steps) };
+    this.stepSlider = el("input", { type: "range", class: "gx-steps", min: steps.min, max: steps.max, step: "1", value: steps.value, "aria-label": "solver steps" });
+    this.stepText = el("span", { class: "gx-steptext" });
+    this.stepSlider.addEventListener("input", function () {
+      var v = Number(self.stepSlider.value);
+      self.steps = self.stepChoices ? self.stepChoices[v] : v;
+      self.touch();
+    });
+    controls.appendChild(el("label", {}, [document.createTextNode("steps"), this.stepSlider, this.stepText]));
+    if (info.conditional && this.live) {
+      this.picker = el("div", { class: "gx-picker", role: "group", "aria-label": "digit" });
+      info.class_names.forEach(function (n, d) {
+        var b = el("button", { type: "button", "data-digit": String(d), "aria-pressed": String(d === self.digit), text: n });
+        b.addEventListener("click", function () { Explorer.prototype.setDigit.call(self, d); });
+        self.picker.appendChild(b);
+      });
+      controls.appendChild(el("div", {}, [el("div", { class: "gx-note", text: "Digit to draw:" }), this.picker]));
+      var g = sampler.guidance;
+      this.guidanceSlider = el("input", { type: "range", class: "gx-guidance", min: String(g.min), max: String(g.max), step: "0.25", value: String(g["default"]), "aria-label": "guidance" });
+      this.guidanceText = el("span", { text: fmt(g["default"]) });
+      this.guidanceSlider.addEventListener("input", function () { self.guidance = Number(self.guidanceSlider.value); self.guidanceText.textContent = fmt(self.guidance); self.touch(); });
+      controls.appendChild(el("label", {}, [document.createTextNode("guidance"), this.guidanceSlider, this.guidanceText]));
+      controls.appendChild(el("div", { class: "gx-note", text: "Guidance 1: the conditional field; 0: the unconditional one; above 1: pushed further towards the digit." }));
+    }
+    if (this.live) {
+      this.seedB = el("input", { type: "number", class: "gx-seed-b", min: "0", max: String(info.limits.max_seed), value: "1", "aria-label": "second seed" });
+      var interp = el("button", { type: "button", class: "gx-interp", text: "interpolate" });
+      interp.addEventListener("click", function () { self.interpolateSeeds(); });
+      controls.appendChild(el("label", {}, [document.createTextNode("from this seed's noise to seed"), this.seedB, interp]));
+    }
+    controls.appendChild(el("div", { class: "gx-note", text: "Each step is one more pass of the network (two with Heun's solver): more steps follow the learned field more closely." }));
+    var side = el("div", { class: "gx-side" }, [pair, this.zText]);
+    this.root.appendChild(el("div", { class: "gx-main" }, [side, el("div", { class: "gx-side" }, [controls])]));
+    this.trajectory = el("div", { class: "gx-strip gx-trajectory" });
+    this.root.appendChild(el("div", {}, [el("div", { class: "gx-caption", text: "Along t: the noise (left) becoming the sample (right)" }), this.trajectory]));
+    this.stripCaption = el("div", { class: "gx-caption", text: this.live ? "Interpolation between two seeds' noises: pick a second seed." : "Interpolation between seeds needs the live explorer (genlab explore RUN)." });
+    this.strip = el("div", { class: "gx-strip" });
+    this.root.appendChild(el("div", {}, [this.stripCaption, this.strip]));
+  };
+
+  FlowExplorer.prototype.request = function () {
+    return { seed: this.seed, steps: this.steps, digit: this.digit, guidance: this.guidance };
+  };
+
+  // The same one-request-in-flight rule as the map: moves that arrive meanwhile fold into one more.
+  FlowExplorer.prototype.touch = function () {
+    if (!this.eventTime) this.eventTime = performance.now();
+    this.stepText.textContent = String(this.steps);
+    if (this.busy) { this.pending = true; return; }
+    this.run();
+  };
+
+  FlowExplorer.prototype.run = function () {
+    var self = this, started = this.eventTime, req = this.request();
+    this.eventTime = 0; this.busy = true; this.pending = false;
+    this.source.flow(req).then(function (out) {
+      self.showReading(out.image, out.reading);
+      self.zText.textContent = "seed " + req.seed + ": " + out.steps + " step" + (out.steps > 1 ? "s" : "") + ", " + out.nfe + " network evaluation" + (out.nfe > 1 ? "s" : "") + (req.guidance !== null ? ", guidance " + fmt(req.guidance) : "");
+      self.fillFrames(out);
+      self.decodes += 1;
+      self.latency = performance.now() - started;
+      self.root.dataset.decodes = String(self.decodes);
+      self.root.dataset.steps = String(out.steps);
+      self.root.dataset.latencyMs = self.latency.toFixed(1);
+      self.status.textContent = "integrated in " + self.latency.toFixed(0) + " ms";
+      self.status.classList.remove("gx-error");
+    }).catch(function (e) { self.fail(e); }).then(function () {
+      self.busy = false;
+      if (self.pending) self.run();
+    });
+  };
+
+  FlowExplorer.prototype.fillFrames = function (out) {
+    var strip = this.trajectory;
+    strip.textContent = "";
+    out.frames.forEach(function (image, i) {
+      var c = el("canvas", { width: 56, height: 56 });
+      drawDigit(c, image);
+      strip.appendChild(el("div", { class: "gx-cell" }, [c, el("div", { text: "t=" + fmt(out.times[i]) })]));
+    });
+  };
+
+  FlowExplorer.prototype.interpolateSeeds = function () {
+    var self = this, a = this.seed, b = Explorer.prototype.seedValue.call(this, this.seedB);
+    this.source.interpolateSeeds(a, b, this.digit).then(function (out) {
+      self.stripCaption.textContent = "Interpolation from seed " + a + "'s noise to seed " + b + "'s (along the sphere), each integrated with the model's default sampler:";
+      self.fillStrip(self.strip, out, function (i) { return "s=" + fmt(i / (STRIP - 1), 1); }, -1);
+      self.root.dataset.strips = String(Number(self.root.dataset.strips || 0) + 1);
+    }).catch(function (e) { self.fail(e); });
+  };
+
+  function makeExplorer(root, info, source) {
+    return info.iterative ? new FlowExplorer(root, info, source) : new Explorer(root, info, source);
+  }
+
   // --- mounting -----------------------------------------------------------------------------
 
   var mounted = [];
@@ -436,15 +614,15 @@
     if (live) {
       live.setAttribute("data-gx-mounted", "");
       fetch("/api/info").then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-        .then(function (info) { mounted.push(new Explorer(live, info, new LiveSource(""))); })
+        .then(function (info) { mounted.push(makeExplorer(live, info, new LiveSource(""))); })
         .catch(function (e) { live.textContent = "Could not load the run: " + e.message; });
     }
     Array.prototype.forEach.call(document.querySelectorAll("[data-gx-grid]:not([data-gx-mounted])"), function (root) {
       root.setAttribute("data-gx-mounted", "");
       var data = JSON.parse(document.getElementById(root.getAttribute("data-gx-grid")).textContent);
-      mounted.push(new Explorer(root, data.info, new GridSource(data)));
+      mounted.push(makeExplorer(root, data.info, data.info.iterative ? new FlowGridSource(data) : new GridSource(data)));
     });
   }
-  window.GenlabExplorer = { mountAll: mountAll, explorers: mounted, Explorer: Explorer, LiveSource: LiveSource, GridSource: GridSource };
+  window.GenlabExplorer = { mountAll: mountAll, explorers: mounted, Explorer: Explorer, FlowExplorer: FlowExplorer, LiveSource: LiveSource, GridSource: GridSource, FlowGridSource: FlowGridSource };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mountAll); else mountAll();
 })();

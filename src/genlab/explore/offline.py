@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..data import DataBundle
+from ..models.sampling import SamplerOptions
 from ..plots import tile
 from ..runs import Run, load_run
 from .server import page_asset
@@ -35,9 +36,14 @@ SPRITE_COLUMNS = 40
 BATCH = 500
 
 
+FLOW_SEEDS = 12  # an iterative model's seeds integrated in advance ...
+FLOW_STEPS = (1, 2, 4, 8, 16, 32)  # ... with each of these step counts: about 0.3 MB of page, a few CPU-seconds
+
+
 def applies(run: Run) -> bool:
-    """The report explores models whose codes are 2-D: there the map is the whole latent space."""
-    return run.model.can_encode and run.model_config.latent_dim == 2
+    """The report explores models whose codes are 2-D (there the map is the whole latent space)
+    and iterative models (a few seeds, each integrated with a few step counts)."""
+    return (run.model.can_encode and run.model_config.latent_dim == 2) or run.model.iterative
 
 
 def sprite_png(images: torch.Tensor) -> str:
@@ -58,32 +64,71 @@ def grid_data(explorer: Explorer) -> dict:
     xs, ys = np.linspace(x0, x1, grid), np.linspace(y0, y1, grid)
     plane = torch.tensor([[x, y] for y in ys for x in xs], dtype=torch.float32)  # (grid², 2)
     digits = range(10) if conditional else [None]
-    images, labels_read, confidences, nearest, distances = [], [], [], [], []
+    images = []
     for digit in digits:
         for start in range(0, len(plane), BATCH):
             z = plane[start : start + BATCH]
             labels = None if digit is None else torch.full((len(z),), digit, dtype=torch.long)
-            decoded = explorer.run.decode(z, labels=labels)
-            read, confidence, index, distance = explorer.measure(decoded)
-            images.append(decoded)
-            labels_read += [-1] * len(z) if read is None else read.tolist()
-            confidences += [0] * len(z) if confidence is None else (confidence * 100).round().int().tolist()
-            nearest += index.tolist()
-            distances += (distance * 100).round().int().tolist()
-    # only the training digits that are some cell's nearest go into the page
-    unique, position = np.unique(np.array(nearest), return_inverse=True)
-    near_images = torch.stack([explorer.training_image(int(j)) for j in unique])
-    info = explorer.info()
-    info["classifier"] = explorer.classifier is not None
+            images.append(explorer.run.decode(z, labels=labels))
+    images = torch.cat(images)
     return {
-        "info": info,
+        "info": explorer.info(),
         "grid": grid,
         "ranges": [list(r) for r in explorer.ranges[:2]],
-        "sprite": sprite_png(torch.cat(images)),
-        "nearest_sprite": sprite_png(near_images),
+        "sprite": sprite_png(images),
+        **_readings(explorer, images),
+    }
+
+
+def flow_data(explorer: Explorer) -> dict:
+    """Everything the page's FlowGridSource needs: FLOW_SEEDS seeds' noises integrated with each of
+    FLOW_STEPS step counts (the model's default solver; a conditional flow draws digit seed % 10
+    at its default guidance), each picture's reading and its states along t."""
+    finals, frames, spans, times = [], [], [], []
+    seeds = list(range(FLOW_SEEDS))
+    digits = [seed % 10 for seed in seeds] if explorer.model.conditional else None
+    with torch.inference_mode():
+        for seed in seeds:
+            labels = None if digits is None else torch.tensor([digits[seed]])
+            for steps in FLOW_STEPS:
+                states, t = explorer.trajectory(seed, steps, labels, None)
+                spans.append([len(frames), len(states)])
+                frames.extend(states)
+                finals.append(states[-1])
+                times.append(t)
+    finals_t = torch.stack(finals)
+    cells = _readings(explorer, finals_t)
+    return {
+        "info": explorer.info(),
+        "seeds": seeds,
+        "digits": digits,
+        "steps": list(FLOW_STEPS),
+        "nfe": [explorer.model.nfe(SamplerOptions(steps=s)) for s in FLOW_STEPS],
+        "sprite": sprite_png(finals_t),
+        "frames_sprite": sprite_png(torch.stack(frames)),
+        "frames": spans,
+        "times": times,
+        **cells,
+    }
+
+
+def _readings(explorer: Explorer, images: torch.Tensor) -> dict:
+    """The classifier's reading and the nearest training digit of each image, packed as the page's
+    GridSource reads them: integers per cell, and only the training digits some cell is nearest to."""
+    parts = [explorer.measure(images[start : start + BATCH]) for start in range(0, len(images), BATCH)]  # bounded memory
+    read, confidence, index, distance = (None if part[0] is None else torch.cat(part) for part in zip(*parts))
+    n = len(images)
+    unique, position = np.unique(index.numpy(), return_inverse=True)
+    return {
+        "nearest_sprite": sprite_png(torch.stack([explorer.training_image(int(j)) for j in unique])),
         "nearest_labels": [explorer.training_label(int(j)) for j in unique],
         # per cell, integers to keep the page small: confidence in %, distance in hundredths
-        "cells": {"digit": labels_read, "confidence": confidences, "nearest": position.tolist(), "distance": distances},
+        "cells": {
+            "digit": [-1] * n if read is None else read.tolist(),
+            "confidence": [0] * n if confidence is None else (confidence * 100).round().int().tolist(),
+            "nearest": position.tolist(),
+            "distance": (distance * 100).round().int().tolist(),
+        },
     }
 
 
@@ -94,20 +139,30 @@ def explorer_block(run_dir: Path, data: DataBundle | None = None) -> str:
     if not applies(run):
         return ""
     explorer = Explorer(run, data)
-    payload = grid_data(explorer)
+    payload = flow_data(explorer) if run.model.iterative else grid_data(explorer)
     element_id = "gx-data-" + re.sub(r"[^a-z0-9_-]", "-", run.path.name.lower())
     # "</" would end the <script> element early; JSON allows the escaped form
     json_text = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
-    grid = payload["grid"]
-    lattice = f"a {grid} × {grid} lattice" + (" per digit" if explorer.model.conditional else "")
-    note = (
-        "Move the pointer over the map: the digit under it is decoded (precomputed on "
-        f"{lattice} over the map, so the nearest lattice point is shown; for every point, "
-        f"<code>genlab explore {html.escape(str(run.path))}</code>). Drag to see the interpolation between two points."
-    )
+    live = f"<code>genlab explore {html.escape(str(run.path))}</code>"
+    if run.model.iterative:
+        title = f"Explore how {html.escape(run.name)} turns noise into a digit"
+        note = (
+            f"Pick a seed (its noise x₀) and move the steps slider: the sample after that many solver steps, computed in advance "
+            f"for {FLOW_SEEDS} seeds and {', '.join(map(str, FLOW_STEPS))} steps; for any seed and step count, guidance and "
+            f"interpolation between seeds, {live}."
+        )
+    else:
+        grid = payload["grid"]
+        lattice = f"a {grid} × {grid} lattice" + (" per digit" if explorer.model.conditional else "")
+        title = f"Explore {html.escape(run.name)}'s latent space"
+        note = (
+            "Move the pointer over the map: the digit under it is decoded (precomputed on "
+            f"{lattice} over the map, so the nearest lattice point is shown; for every point, "
+            f"{live}). Drag to see the interpolation between two points."
+        )
     return "\n".join(
         [
-            f"<h3>Explore {html.escape(run.name)}'s latent space</h3>",
+            f"<h3>{title}</h3>",
             f"<p class='note'>{note}</p>",
             f"<style>{page_asset('explore.css').decode()}</style>",
             f"<div class='gx' data-gx-grid='{element_id}'>Loading the explorer… (it needs JavaScript)</div>",

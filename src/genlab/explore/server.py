@@ -3,7 +3,7 @@ route table.
 
 Why it is safe to put on a port:
   - it never reads a file while serving: the page's three files are read into memory at start
-    and every request is looked up, as sent, in a dict of six paths. A path that is not a key
+    and every request is looked up, as sent, in a dict of eight paths. A path that is not a key
     (`/../config.json`, `/%2e%2e/`, `//etc/passwd`, a symlink's name) is a 404; there is no
     filesystem path to traverse;
   - it listens on 127.0.0.1 unless told otherwise, and on loopback it answers only requests
@@ -74,6 +74,8 @@ class ExploreServer(ThreadingHTTPServer):
             ("GET", "/api/info"): ("application/json", info),
             ("POST", "/api/decode"): explorer.decode,
             ("POST", "/api/seed"): explorer.seed,
+            ("POST", "/api/flow"): explorer.flow,  # an iterative model's seed, integrated step by step
+            ("POST", "/api/interpolate"): explorer.interpolate,  # between two seeds' noises
         }
 
     @property

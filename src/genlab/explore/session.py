@@ -22,6 +22,8 @@ import torch
 from ..classifier import load_classifier
 from ..data import DataBundle, load_dataset
 from ..errors import GenlabError
+from ..models.sampling import SamplerOptions
+from ..plots import slerp
 from ..runs import Run
 from ..utils import make_generator
 
@@ -32,6 +34,11 @@ MAX_CODES = 64  # codes per decode request; the page asks for at most 10 (a stri
 Z_LIMIT = 50.0  # |z_i| allowed: far beyond where any code or prior draw lies, so finite decodes
 MAX_SEED = 2**31 - 1
 PRIOR_RANGE = 3.0  # a GAN's map and sliders span ±3 (z ~ N(0, I): 99.7% of each coordinate)
+# An iterative model (a flow) has no map: a seed sets the noise x₀ and the page integrates it.
+MAX_STEPS = 32  # solver steps a request may ask: 64 network passes of one image with Heun, ~0.1-0.3 s on a CPU core
+MAX_GUIDANCE = 8.0  # classifier-free guidance offered by the slider (1 = plain conditional, 0 = unconditional)
+TRAJECTORY_KEEP = 8  # states along t in the strip, noise first, the picture last
+STRIP = 10  # images in an interpolation between two seeds' noises
 CLASSIFIED_DATASETS = ("mnist",)  # the shipped classifier reads digits, not clothes or kana
 
 
@@ -102,7 +109,9 @@ class Explorer:
         keep = evenly_spaced(len(x_test), n_points)
         self.points: np.ndarray | None = None
         self.point_labels = y_test[keep].numpy()
-        if self.model.can_encode:
+        if self.model.iterative:  # a 784-D noise image has no plane worth a map: seeds and steps instead
+            self.origin, self.axes, self.ranges = np.zeros(d), np.zeros((0, d)), []
+        elif self.model.can_encode:
             codes = run.encode(x_test[keep]).numpy().astype(np.float64)
             self.origin, self.axes = pca_view(codes, 2 + N_SLIDERS)
             coords = (codes - self.origin) @ self.axes.T  # (N, K)
@@ -144,6 +153,21 @@ class Explorer:
             "typical_distance_by_class": self.typical_by_class,
             "n_train": len(self._train),
             "limits": {"max_codes": MAX_CODES, "z": Z_LIMIT, "max_seed": MAX_SEED},
+            "iterative": m.iterative,
+            "sampler": self.sampler_info() if m.iterative else None,
+        }
+
+    def sampler_info(self) -> dict:
+        """What the step slider and the guidance slider of an iterative model offer."""
+        default_nfe = self.model.nfe(SamplerOptions())
+        per_step = self.model.nfe(SamplerOptions(steps=1))  # 1 (Euler) or 2 (Heun, midpoint)
+        return {
+            "max_steps": MAX_STEPS,
+            "default_steps": max(1, min(MAX_STEPS, default_nfe // per_step)),
+            "nfe_per_step": per_step,
+            "keep": TRAJECTORY_KEEP,
+            "strip": STRIP,
+            "guidance": {"min": 0.0, "max": MAX_GUIDANCE, "default": 1.0} if self.model.conditional else None,
         }
 
     def axis_names(self) -> list[str]:
@@ -165,13 +189,76 @@ class Explorer:
 
     def seed(self, body: dict) -> dict:
         """{"seed": s} -> {"z": the prior draw of that seed}: the same z for the same seed."""
-        seed = body.get("seed")
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-            raise RequestError(f"seed must be a whole number from 0 to {MAX_SEED}")
+        seed = check_seed(body.get("seed"))
         if not self.model.can_sample:
             raise RequestError(f"model '{self.run.name}' has no prior to draw a seed's z from")
-        z = torch.randn(self.latent_dim, generator=make_generator(seed))
-        return {"seed": seed, "z": z.round(decimals=5).tolist()}
+        return {"seed": seed, "z": self.noise(seed).round(decimals=5).tolist()}
+
+    # --- an iterative model: a seed's noise integrated, step by step ----------------------
+    def flow(self, body: dict) -> dict:
+        """{"seed", "steps" (1..MAX_STEPS), "digits": [d] and optional "guidance" (conditional)} -> the
+        picture after that many solver steps from the seed's noise (exactly `genlab sample RUN
+        --seed S --steps N -n 1`), its reading, and the states along t: {"image", "reading",
+        "frames": [base64], "times": [t], "steps", "nfe"}."""
+        self.require_iterative()
+        seed, steps = check_seed(body.get("seed")), self.check_steps(body.get("steps"))
+        labels = self.check_digits(body.get("digits"), 1)
+        guidance = self.check_guidance(body.get("guidance"))
+        with self.lock:
+            frames, times = self.trajectory(seed, steps, labels, guidance)
+            reading = self.readings(frames[-1:])[0]
+        return {
+            "image": image_b64(frames[-1]), "reading": reading, "frames": [image_b64(f) for f in frames], "times": times,
+            "steps": steps, "nfe": self.model.nfe(SamplerOptions(steps=steps, guidance=guidance)),
+        }
+
+    def trajectory(self, seed: int, steps: int, labels: torch.Tensor | None, guidance: float | None) -> tuple[torch.Tensor, list[float]]:
+        """The states along t (k, 1, 28, 28) of seed's noise solved in `steps` steps, noise first and
+        the sample last (k = TRAJECTORY_KEEP, or steps + 1 if fewer), and their times t."""
+        frames = self.run.trajectory(1, seed=seed, labels=labels, steps=steps, guidance=guidance, keep=min(TRAJECTORY_KEEP, steps + 1))[:, 0]
+        # the solver keeps the states after round(i·steps/(keep − 1)) steps (models/sampling.integrate)
+        return frames, [round(round(i * steps / (len(frames) - 1)) / steps, 4) for i in range(len(frames))]
+
+    def interpolate(self, body: dict) -> dict:
+        """{"seeds": [a, b], "digits": STRIP digits (conditional)} -> STRIP images from seed a's noise to seed
+        b's along the sphere (spherical interpolation: N(0, I) noise lies near a sphere, the straight
+        line between two draws passes inside it), each decoded (a flow: integrated with its default
+        sampler) with its reading: {"images", "readings"}."""
+        seeds = body.get("seeds")
+        if not isinstance(seeds, list) or len(seeds) != 2:
+            raise RequestError('"seeds" must be a list of two seeds')
+        a, b = (check_seed(s) for s in seeds)
+        if not self.model.can_sample:
+            raise RequestError(f"model '{self.run.name}' has no prior to draw a seed's noise from")
+        labels = self.check_digits(body.get("digits"), STRIP)
+        t = torch.linspace(0, 1, STRIP).unsqueeze(1)
+        z = slerp(self.noise(a), self.noise(b), t)
+        with self.lock:
+            images = self.run.decode(z, labels=labels)
+            readings = self.readings(images)
+        return {"images": [image_b64(im) for im in images], "readings": readings}
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The prior draw of `seed` (latent_dim,): a GAN's z, a flow's x₀, as `run.sample(1, seed)` draws it."""
+        return torch.randn(self.latent_dim, generator=make_generator(seed))
+
+    def require_iterative(self) -> None:
+        if not self.model.iterative:
+            raise RequestError(f"model '{self.run.name}' draws in one step: it has no steps to integrate")
+
+    def check_steps(self, steps) -> int:
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+            raise RequestError(f"steps must be a whole number from 1 to {MAX_STEPS}")
+        return steps
+
+    def check_guidance(self, guidance) -> float | None:
+        if guidance is None:
+            return None
+        if not self.model.conditional:
+            raise RequestError(f"model '{self.run.name}' is not conditional: it takes no guidance")
+        if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= MAX_GUIDANCE:
+            raise RequestError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g}")
+        return float(guidance)
 
     # --- readings beside every decoded digit ---------------------------------------------
     def readings(self, images: torch.Tensor) -> list[dict]:
@@ -247,6 +334,12 @@ class Explorer:
             if not isinstance(digit, int) or isinstance(digit, bool) or not 0 <= digit <= 9:
                 raise RequestError("each digit must be a whole number from 0 to 9")
         return torch.tensor(digits, dtype=torch.long)
+
+
+def check_seed(seed) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise RequestError(f"seed must be a whole number from 0 to {MAX_SEED}")
+    return seed
 
 
 def decode_threads() -> int:
