@@ -222,16 +222,6 @@ def edit_config(run_dir: Path, section: str, **values) -> None:
     config.write_text(json.dumps(info))
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    """The final weights of two run folders are bitwise equal."""
-    from genlab.runs import WEIGHTS_FILE, load_tensors
-
-    wa, wb = load_tensors(a / WEIGHTS_FILE)[0], load_tensors(b / WEIGHTS_FILE)[0]
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"weights differ from the uninterrupted run: {different}"
-
-
 def run_cli(*argv) -> tuple[int, str, str]:
     """Run `genlab argv...` in-process; (exit status, stdout, stderr), argparse exits included."""
     import contextlib
