@@ -59,7 +59,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch, kernel_for_this_pyth
     text = "".join(o.get("text", "") for o in outputs)
     assert "1 epochs (GAN 3)" in text  # the budget came from the environment
     assert "Traceback" not in text
-    for model in ("ae", "vae", "gan"):
+    for model in ("ae", "vae", "gan", "flow"):
         assert (out / model / "model.safetensors").is_file()
         assert len(list((out / model / "figures").glob("*.png"))) >= 3
     assert (out / "vae-beta4" / "model.safetensors").is_file()
