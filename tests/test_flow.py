@@ -189,3 +189,23 @@ def test_the_cli_samples_a_conditional_flow_digit_with_steps_and_guidance(tiny_r
     expected = run.sample(3, seed=9, labels=[7, 7, 7], steps=2, solver="midpoint", guidance=2.0).squeeze(1).numpy()
     np.testing.assert_array_equal(np.load(out), expected)
     assert not np.array_equal(expected, run.sample(3, seed=9, labels=[7, 7, 7], steps=2, solver="midpoint", guidance=1.0).squeeze(1).numpy())
+
+
+def test_the_per_epoch_health_samples_use_the_models_cheap_sampler(monkeypatch):
+    from genlab.health import sample_diversity
+
+    model = _flow()
+    asked = []
+    original = model.sample
+    monkeypatch.setattr(model, "sample", lambda n, **kw: asked.append(kw["sampler"]) or original(n, **kw))
+    assert sample_diversity(model, seed=0, n=8) > 0
+    assert asked == [model.health_sampler()] and model.nfe(asked[0]) <= 4
+
+
+def test_run_trajectory_ends_at_the_runs_sample_for_the_same_seed(tiny_runs):
+    from genlab.runs import load_run
+
+    run = load_run(tiny_runs["flow"], device="cpu")
+    path = run.trajectory(2, seed=3, steps=4, solver="euler", keep=3)
+    assert path.shape == (3, 2, 1, 28, 28)
+    torch.testing.assert_close(path[-1], run.sample(2, seed=3, steps=4, solver="euler"))

@@ -127,7 +127,7 @@ def test_the_lab_resolves_auto_once_per_model_to_what_each_run_records(tmp_path,
     assert seen == ["bf16"]
     # the GANs keep fp32 under auto (bf16 moved their FID), and take what they are told
     assert lab_module.lab_precision("gan", "auto", CPU) == "fp32" and lab_module.lab_precision("cgan", "bf16", CPU) == "bf16"
-    assert lab_module.lab_precision("vae", "auto", CPU) == "bf16"
+    assert lab_module.lab_precision("vae", "auto", CPU) == "bf16" and lab_module.lab_precision("flow", "auto", CPU) == "bf16"
 
 
 # --------------------------------------------------------------------------------------------

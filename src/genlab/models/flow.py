@@ -88,7 +88,7 @@ class FlowMatching(GenerativeModel):
     def defaults(cls, config: FlowConfig) -> dict:
         # chosen on the validation split (benchmarks/README.md, "Flow matching"); 25 epochs of the
         # 5,000 default digits are ~2,000 steps, the lab's budget
-        return {"epochs": 25, "batch_size": 64, "lr": 2e-3, "ema": 0.995, "lr_schedule": "cosine", "warmup_steps": 100}
+        return {"epochs": 25, "batch_size": 64, "lr": 4e-3, "ema": 0.995, "lr_schedule": "cosine", "warmup_steps": 100}
 
     # --- training -------------------------------------------------------------------------
     def sample_times(self, n: int, device: torch.device) -> torch.Tensor:
