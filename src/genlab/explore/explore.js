@@ -542,7 +542,7 @@
       controls.appendChild(el("label", {}, [document.createTextNode("from this seed's noise to seed"), this.seedB, interp]));
     }
     controls.appendChild(el("div", { class: "gx-note", text: "Each step is one more pass of the network (two with Heun's solver): more steps follow the learned field more closely." }));
-    var side = el("div", { class: "gx-side" }, [pair, this.zText]);
+    var side = el("div", { class: "gx-side gx-wide" }, [pair, this.zText]);
     this.root.appendChild(el("div", { class: "gx-main" }, [side, el("div", { class: "gx-side" }, [controls])]));
     this.trajectory = el("div", { class: "gx-strip gx-trajectory" });
     this.root.appendChild(el("div", {}, [el("div", { class: "gx-caption", text: "Along t: the noise (left) becoming the sample (right)" }), this.trajectory]));
