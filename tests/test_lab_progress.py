@@ -128,3 +128,14 @@ def test_a_lab_not_on_a_terminal_prints_each_entrys_progress_before_its_headline
     text = "\n".join(lines)
     assert "ae: resuming" in text and "ae: step 7/7 (epoch 4/4)" in text
     assert text.index("ae: step 7/7") < text.index("ae: recon")
+
+
+def test_a_failed_entry_stops_the_lab_with_its_error_after_the_others_finish_and_show_their_lines(tmp_path, small_evaluation):
+    """vae-conv16 (batch 64) cannot train on 40 digits; ae goes on, and its many epoch-end events
+    (more than a pipe holds) are read while the lab waits for it, so its worker can end."""
+    data = write_idx_folder(tmp_path / "idx", n_train=40, n_test=20)
+    lines: list[str] = []
+    with pytest.raises(GenlabError, match="batch size 64 is larger than the 40 training images"):
+        run_lab(tmp_path / "lab", ["vae-conv16", "ae"], steps=400, data_dir=str(data), device="cpu", workers=2, log=lines.append)
+    assert "ae: step 400/400 (epoch 200/200)" in "\n".join(lines)
+    assert any(line.startswith("ae: recon_mse_per_pixel") for line in lines)
