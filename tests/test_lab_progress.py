@@ -103,10 +103,12 @@ def test_the_terminal_board_redraws_one_line_per_entry_in_place_with_messages_ab
     board.update("ae", progress(10, test={"loss": 2.0}))
     board.message("warning: something")
     board.finish("gan", "gan: fid 12.3")
-    shown = screen(out.getvalue())
-    assert shown[:2] == ["lab: 2 entries, 2 at a time, 1 thread each", "warning: something"]
-    assert shown[2].startswith("ae: step 10/100") and shown[3] == "gan: fid 12.3" and len(shown) == 4
-    assert all(len(line) < 40 for line in shown[2:])  # the board's lines are cut to the width: one row each, so moving up stays right
+    shown = screen(out.getvalue())  # a finished entry's headline leaves the board, whole, for the lines above it
+    assert shown[:3] == ["lab: 2 entries, 2 at a time, 1 thread each", "warning: something", "gan: fid 12.3"]
+    assert shown[3].startswith("ae: step 10/100") and len(shown) == 4
+    assert len(shown[3]) < 40  # the board's lines are cut to the width: one row each, so moving up stays right
+    board.finish("ae", "ae: recon_mse_per_pixel 0.05, knn5_accuracy 0.8 and a headline longer than the width")
+    assert screen(out.getvalue())[2:] == ["gan: fid 12.3", "ae: recon_mse_per_pixel 0.05, knn5_accuracy 0.8 and a headline longer than the width"]
 
 
 def test_a_lab_not_on_a_terminal_prints_each_entrys_progress_before_its_headline(tmp_path, small_evaluation):
@@ -128,3 +130,14 @@ def test_a_lab_not_on_a_terminal_prints_each_entrys_progress_before_its_headline
     text = "\n".join(lines)
     assert "ae: resuming" in text and "ae: step 7/7 (epoch 4/4)" in text
     assert text.index("ae: step 7/7") < text.index("ae: recon")
+
+
+def test_a_failed_entry_stops_the_lab_with_its_error_after_the_others_finish_and_show_their_lines(tmp_path, small_evaluation):
+    """vae-conv16 (batch 64) cannot train on 40 digits; ae goes on, its events (200 epoch ends)
+    are shown while the lab waits for it, and then the lab stops with vae-conv16's error."""
+    data = write_idx_folder(tmp_path / "idx", n_train=40, n_test=20)
+    lines: list[str] = []
+    with pytest.raises(GenlabError, match="batch size 64 is larger than the 40 training images"):
+        run_lab(tmp_path / "lab", ["vae-conv16", "ae"], steps=400, data_dir=str(data), device="cpu", workers=2, log=lines.append)
+    assert "ae: step 400/400 (epoch 200/200)" in "\n".join(lines)
+    assert any(line.startswith("ae: recon_mse_per_pixel") for line in lines)

@@ -43,7 +43,7 @@ IW_MAX_ROWS = 2048  # decoder rows per IWAE call (images × importance samples):
 # The IWAE bound costs K decoder passes per digit: for the lab's conv VAE, K = 100 over the 10,000
 # real test digits takes about 200 s on one core. The first 2,000 (the loss curves' subset too,
 # TrainConfig.epoch_eval_images) take a fifth of that and give the mean with a standard error of
-# about 0.7 nats (per-digit spread about 29 nats, benchmarks/README.md section 12), far below the
+# about 0.7 nats (per-digit spread about 29 nats, benchmarks/README.md, "The lab on more data, and its cores"), far below the
 # tens of nats between the lab's two VAEs; eval.json states the subset and its standard error.
 IW_TEST_DIGITS = 2000
 # The training digits the latent k-NN is fitted on and fid_floor compares with the test set: the

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -225,23 +225,30 @@ def _run_in_workers(jobs: list[tuple], workers: int, threads: int, gpus: int, pr
         min(workers, len(jobs)), mp_context=context, initializer=_start_worker,
         initargs=(os.getpid(), threads, events, gpu_slots), max_tasks_per_child=1,
     )
-    done: set[str] = set()
-    with pool:
-        pending = {pool.submit(_run_in_worker, *job, progress=progress) for job in jobs}
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _relay(events, board, done)
-            for future in finished:
-                future.result()  # a failed entry raises its own one-line error
-    while len(done) < len(jobs):  # the last events of the workers, their headlines among them
-        if not _relay(events, board, done, block_s=10.0):
-            break
+    # A thread shows the workers' events as they come, until every worker has ended: a worker
+    # whose queue is not read could not end (its last events wait in a full pipe).
+    finished = threading.Event()
 
+    def show_events():
+        while _relay(events, board, block_s=0.2) or not finished.is_set():
+            pass
 
-def _relay(events, board: LiveBoard, done: set[str], block_s: float = 0.0) -> bool:
-    """Show every event waiting in `events` (after waiting up to `block_s` for one); False if none came."""
+    shower = threading.Thread(target=show_events, daemon=True)
+    shower.start()
     try:
-        event = events.get(timeout=block_s) if block_s else events.get_nowait()
+        with pool:
+            futures = [pool.submit(_run_in_worker, *job, progress=progress) for job in jobs]
+            for future in futures:  # in submission order; a failed entry raises its own one-line error (the pool finishes the rest)
+                future.result()
+    finally:
+        finished.set()  # the pool has shut down: every worker's events are in the queue
+        shower.join()
+
+
+def _relay(events, board: LiveBoard, block_s: float) -> bool:
+    """Show every event waiting in `events`, after waiting up to `block_s` for one; False if none came."""
+    try:
+        event = events.get(timeout=block_s)
     except queue.Empty:
         return False
     while True:
@@ -250,7 +257,6 @@ def _relay(events, board: LiveBoard, done: set[str], block_s: float = 0.0) -> bo
             board.update(entry, payload)
         elif kind == "done":
             board.finish(entry, payload)
-            done.add(entry)
         else:
             board.message(payload)
         try:

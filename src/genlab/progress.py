@@ -63,7 +63,8 @@ def progress_line(entry: str, p: Progress) -> str:
 class LiveBoard:
     """One line per entry (waiting, its progress, then its headline), and messages.
 
-    `tty`: redraw the lines in place on `out` (messages scroll above them); else plain lines
+    `tty`: redraw the lines in place on `out`, messages and finished entries' headlines scrolling
+    above them; else plain lines
     through `log`: an entry's progress at most every `every_s` seconds and at each epoch's end,
     messages and headlines as they come."""
 
@@ -102,10 +103,12 @@ class LiveBoard:
             self.log(line)
 
     def finish(self, entry: str, headline: str) -> None:
-        self.lines[entry] = headline
+        """In a terminal the headline leaves the board for the lines above it, whole (the board's are cut to the width)."""
         if self.tty:
-            self._draw()
+            del self.lines[entry]
+            self._draw(above=headline)
         else:
+            self.lines[entry] = headline
             self.log(headline)
 
     def _draw(self, above: str | None = None) -> None:

@@ -82,7 +82,7 @@ class SCGAN(DCGAN):
 
     @classmethod
     def defaults(cls, config: SCGANConfig) -> dict:
-        # Sample with the weights' moving average: a little cleaner than G itself (benchmarks/README.md section 11).
+        # Sample with the weights' moving average: a little cleaner than G itself (benchmarks/README.md, "GANs").
         return {**super().defaults(config), "ema": 0.99}
 
     def __init__(self, config: SCGANConfig):
