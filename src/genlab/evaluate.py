@@ -53,7 +53,7 @@ TRAIN_REFERENCE_DIGITS = 10000
 # bits/dim of a flow (benchmarks/README.md, "Flow matching"): the first DENSITY_DIGITS test
 # digits, the ODE solved with DENSITY_SAMPLER; the exact-trace check on DENSITY_CHECK_DIGITS of
 # them with the cheaper DENSITY_CHECK_SAMPLER, against DENSITY_CHECK_PROBES Hutchinson probes each.
-DENSITY_DIGITS = 500
+DENSITY_DIGITS = 200
 DENSITY_SAMPLER = SamplerOptions(steps=16, solver="heun")
 DENSITY_BATCH = 250
 DENSITY_CHECK_DIGITS = 1

@@ -52,7 +52,7 @@ class FlowConfig(ModelConfig):
     logit_mean: float = 0.0  # logit-normal t = sigmoid(N(mean, std))
     logit_std: float = 1.0
     sample_steps: int = 8  # solver steps of a sample unless --steps says otherwise
-    solver: Literal["euler", "heun", "midpoint"] = "heun"  # ODE solver of a sample unless --solver says otherwise
+    solver: Literal["euler", "heun", "midpoint"] = "midpoint"  # ODE solver of a sample unless --solver says otherwise (benchmarks/README.md, "Flow matching")
 
     def validate(self) -> None:
         super().validate()
