@@ -100,7 +100,7 @@ def plan_workers(cores: int, gpus: int, entries: int, workers: int | None = None
     """(worker processes, threads per worker) for `entries` lab entries on `cores` CPU cores and
     `gpus` GPUs; `workers` / `threads` given by the user win. CPU: as many entries at a time as
     there are cores (a second thread speeds one entry up far less than a second entry runs,
-    README "The lab on more cores"), the cores left over shared out as threads. GPUs: one
+    README "The lab's budget, cores and time"), the cores left over shared out as threads. GPUs: one
     worker per GPU (one GPU: the entries one after another), each with its share of the cores."""
     if workers is not None and workers < 1 or threads is not None and threads < 1:
         raise GenlabError(f"workers and threads must be at least 1, got {workers} and {threads}")
