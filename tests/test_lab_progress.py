@@ -133,11 +133,11 @@ def test_a_lab_not_on_a_terminal_prints_each_entrys_progress_before_its_headline
 
 
 def test_a_failed_entry_stops_the_lab_with_its_error_after_the_others_finish_and_show_their_lines(tmp_path, small_evaluation):
-    """vae-conv16 (batch 64) cannot train on 40 digits; ae goes on, its events (200 epoch ends)
+    """vae-conv16 (batch 64) cannot train on 40 digits; ae goes on, its events (20 epoch ends)
     are shown while the lab waits for it, and then the lab stops with vae-conv16's error."""
     data = write_idx_folder(tmp_path / "idx", n_train=40, n_test=20)
     lines: list[str] = []
     with pytest.raises(GenlabError, match="batch size 64 is larger than the 40 training images"):
-        run_lab(tmp_path / "lab", ["vae-conv16", "ae"], steps=400, data_dir=str(data), device="cpu", workers=2, log=lines.append)
-    assert "ae: step 400/400 (epoch 200/200)" in "\n".join(lines)
+        run_lab(tmp_path / "lab", ["vae-conv16", "ae"], steps=40, data_dir=str(data), device="cpu", workers=2, log=lines.append)
+    assert "ae: step 40/40 (epoch 20/20)" in "\n".join(lines)
     assert any(line.startswith("ae: recon_mse_per_pixel") for line in lines)
