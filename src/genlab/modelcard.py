@@ -30,7 +30,7 @@ from .utils import atomic_write_text
 
 # The Hub's ids of the datasets genlab reads (others keep genlab's name).
 HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
-FAMILY_TAGS = {"reconstruction": "autoencoder", "adversarial": "gan"}  # the family's common name as a Hub tag
+FAMILY_TAGS = {"reconstruction": "autoencoder", "adversarial": "gan", "flow": "flow-matching"}  # the family's common name as a Hub tag
 CARD_FIGURES = (("samples", "Samples"), ("reconstructions", "Reconstructions (test digits above, their reconstructions below)"))
 FULL_MNIST_TRAIN = 60000
 
