@@ -30,19 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
-    """Best-of GFLOP/s of an n×n matmul in `dtype`: the practical peak for dense math."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
+from run import matmul_peak_gflops  # benchmarks/run.py, beside this script
 
 
 class StepTimer:
@@ -130,7 +118,7 @@ def bench_entry(name: str, precision: str, steps: int, rounds: int, seed: int) -
     split = {k: v / median for k, v in middle.items()}
     split["other"] = 1.0 - sum(split.values())
     img_per_s = steps * batch / median
-    peak = matmul_peak_gflops(torch.bfloat16 if precision == "bf16" else torch.float32)
+    peak = matmul_peak_gflops(repeats=8, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     achieved = flops_per_img * img_per_s / 1e9
     return {
         "entry": name,

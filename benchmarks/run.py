@@ -37,9 +37,9 @@ PRESETS: dict[str, tuple[str, dict, int | None]] = {
 DEFAULT_MODELS = "ae,vae,gan,cgan,vae-400-20,peer-vae"
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of GFLOP/s of an n×n float32 matmul: the machine's practical peak for dense math."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of GFLOP/s of an n×n matmul in `dtype`: the machine's practical peak for dense math."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
