@@ -702,20 +702,8 @@ def evaluate_run(
             "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
             "estimates over the same K samples."
         )
-    curve = None
     nfe_samples = min(NFE_SAMPLES, n_samples) if nfe_samples is None else nfe_samples
-    if run.model.can_sample and nfe_samples:
-        t = time.perf_counter()
-        curve = fid_vs_nfe(run, data, n_samples=nfe_samples, seed=seed, guidance=sampler.guidance, classifier=classifier, prior=prior)
-        curve["seconds"] = round(time.perf_counter() - t, 3)  # beside the curve: "seconds" holds the metric groups'
-        ctx.notes.append(
-            f"fid_vs_nfe: FID of {nfe_samples} samples (seed {seed}) against the {len(x_test)} test digits at each number of "
-            "network evaluations per sample (NFE); "
-            + (f"the same noises integrated with {curve['solver']} at {', '.join(str(p['steps']) for p in curve['points'])} steps. "
-               if run.model.iterative else "one evaluation per sample for this model. ")
-            + ("Fewer samples than fid's, so higher: " if nfe_samples < n_samples else "")
-            + "compare its points only with other models' fid_vs_nfe points at the same sample count."
-        )
+    curve = _fid_curve(ctx, nfe_samples, classifier) if run.model.can_sample and nfe_samples else None
     results = {
         "model": run.name,
         "seed": seed,
@@ -736,6 +724,23 @@ def evaluate_run(
     if curve is not None:
         results["fid_vs_nfe"] = curve
     return results
+
+
+def _fid_curve(ctx: EvalContext, nfe_samples: int, classifier) -> dict:
+    """evaluate_run's "fid_vs_nfe" section (`fid_vs_nfe` with the eval's seed, guidance and prior),
+    timed, and the note that says how to read it."""
+    run, t = ctx.run, time.perf_counter()
+    curve = fid_vs_nfe(run, ctx.data, n_samples=nfe_samples, seed=ctx.seed, guidance=ctx.sampler.guidance, classifier=classifier, prior=ctx.prior)
+    curve["seconds"] = round(time.perf_counter() - t, 3)  # beside the curve: "seconds" holds the metric groups'
+    ctx.notes.append(
+        f"fid_vs_nfe: FID of {nfe_samples} samples (seed {ctx.seed}) against the {len(ctx.x_test)} test digits at each number of "
+        "network evaluations per sample (NFE); "
+        + (f"the same noises integrated with {curve['solver']} at {', '.join(str(p['steps']) for p in curve['points'])} steps. "
+           if run.model.iterative else "one evaluation per sample for this model. ")
+        + ("Fewer samples than fid's, so higher: " if nfe_samples < ctx.n_samples else "")
+        + "compare its points only with other models' fid_vs_nfe points at the same sample count."
+    )
+    return curve
 
 
 def _sampler_record(model, sampler: SamplerOptions) -> dict:
