@@ -15,7 +15,7 @@ import pytest
 
 from conftest import QUIET, write_idx_folder
 from genlab.errors import GenlabError
-from genlab.lab import DEFAULT_MODELS, LAB_ENTRIES, entry_configs, lab_entry, run_lab
+from genlab.lab import DEFAULT_MODELS, LAB_ENTRIES, entry_configs, lab_entry, longest_first, run_lab
 from genlab.lock import RunFolderLock
 from genlab.runs import CHECKPOINT_FILE, load_run
 
@@ -61,9 +61,11 @@ def test_workers_run_the_entries_side_by_side_and_report_their_lines(tmp_path):
     for name in ("ae", "gan"):
         assert (tmp_path / "lab" / name / "eval.json").is_file()
         assert any(line.startswith(f"{name}: training into") for line in lines)
-    assert lines.index(next(line for line in lines if line.startswith("gan: training"))) < lines.index(
-        next(line for line in lines if line.startswith("ae: training"))
-    )  # the GAN, the longest, starts first; its lines are printed first
+
+
+def test_workers_take_the_longest_entries_first():
+    jobs = [(lab_entry(name),) for name in ("ae", "vae-conv16", "gan", "flow", "vae")]
+    assert [job[0].name for job in longest_first(jobs)] == ["flow", "gan", "vae-conv16", "ae", "vae"]
 
 
 def test_workers_must_be_positive(tmp_path):

@@ -209,10 +209,9 @@ def run_lab(
 def _run_in_workers(jobs: list[tuple], workers: int, threads: int, gpus: int, progress: bool, board: LiveBoard) -> None:
     """The entries' jobs in `workers` processes, their progress and lines shown on `board` as they
     come; with `gpus` > 1 each worker is pinned to one of that many CUDA devices."""
-    # Longest first, so the short runs fill in beside them. A fresh process per entry: memory an
-    # entry's training and evaluation held goes back to the system, rather than staying with a
-    # worker that runs the next one.
-    jobs = sorted(jobs, key=lambda job: -_cost(job[0]))
+    # A fresh process per entry: memory an entry's training and evaluation held goes back to the
+    # system, rather than staying with a worker that runs the next one.
+    jobs = longest_first(jobs)
     context = get_context("spawn")
     events = context.Queue()  # (kind, entry, payload) from the workers: "log", "progress", "done"
     gpu_slots = None
@@ -331,6 +330,11 @@ def _run_in_worker(*job, progress: bool) -> None:
             _WORKER["gpu_slots"].put(_WORKER["gpu"])
         if _PARENT_GONE.is_set():  # the run has checkpointed and there is nobody to report to
             os._exit(1)
+
+
+def longest_first(jobs: list[tuple]) -> list[tuple]:
+    """The jobs in the order the workers take them: longest first, so the short runs fill in beside them."""
+    return sorted(jobs, key=lambda job: -_cost(job[0]))
 
 
 def _cost(entry: LabEntry) -> int:
