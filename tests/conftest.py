@@ -253,11 +253,14 @@ def assert_one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
 
 @pytest.fixture
 def small_evaluation(monkeypatch):
-    """10,000 samples per run are the lab's; 200 exercise the same code."""
+    """10,000 samples per run, a flow's FID curve on 1,000 and its bits/dim of 100 digits are the
+    lab's; 200 samples, a curve of 20 and 4 digits exercise the same code (in this process: a lab
+    with one worker)."""
     import genlab.evaluate as evaluate_module
 
     real = evaluate_module.evaluate_run
-    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, n_samples=200)))
+    small = dict(n_samples=200, nfe_samples=20, density_digits=4)
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: real(*a, **dict(k, **small)))
 
 
 @pytest.fixture(scope="session")

@@ -153,9 +153,9 @@ def test_resume_command_extends_a_run(tmp_path, data_dir):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_lab_writes_a_report_that_shows_every_figure(tmp_path, data_dir):
+def test_lab_writes_a_report_that_shows_every_figure(tmp_path, data_dir, small_evaluation):
     out_dir = tmp_path / "lab"
-    code, out, err = cli("lab", "--epochs", 1, "--out", out_dir, "--data", data_dir, "--device", "cpu", "--quiet")
+    code, out, err = cli("lab", "--epochs", 1, "--out", out_dir, "--data", data_dir, "--device", "cpu", "--quiet", "--workers", 1)
     assert code == 0, err
     report = out_dir / "report.html"
     assert f"report: {report}" in out
