@@ -43,6 +43,9 @@ p.add_argument("--channels-last", type=int, default=0)
 p.add_argument("--n-samples", type=int, default=2000)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--save", default="")
+p.add_argument("--keep", default="", help="write the trained average's weights here (torch.save)")
+p.add_argument("--load", default="", help="skip training: score the average's weights kept by --keep")
+p.add_argument("--shift", default="1", help="time shifts of the solver's grid to score (models.sampling.time_grid); 1 = equal steps")
 a = p.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(a.seed)
@@ -73,7 +76,10 @@ def lr_at(step: int) -> float:
 
 t0 = time.process_time()
 step = 0
-losses = []
+losses = [float("nan")]
+if a.load:
+    ema.load_state_dict(torch.load(a.load))
+    step = a.steps
 while step < a.steps:
     order = torch.randperm(len(x_train))
     for i in range(0, len(order) - a.batch + 1, a.batch):
@@ -93,20 +99,24 @@ while step < a.steps:
         losses.append(float(out.loss))
         step += 1
 train_cpu = time.process_time() - t0
+if a.keep:
+    torch.save(ema.state_dict(), a.keep)
+
 
 clf = load_classifier()
 real_feats, _ = predict(clf, x_val)
 results = []
-for solver, steps in [(sv, int(st)) for sv in a.solver.split(",") for st in a.sample_steps.split(",")]:
+for solver, steps, shift in [(sv, int(st), float(sh)) for sv in a.solver.split(",") for st in a.sample_steps.split(",") for sh in a.shift.split(",")]:
     t1 = time.process_time()
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode(), autocast():
-        imgs = torch.cat([ema.sample(500, generator=gen, sampler=SamplerOptions(steps=steps, solver=solver)).float() for _ in range(a.n_samples // 500)])
+        sampler = SamplerOptions(steps=steps, solver=solver, shift=shift)
+        imgs = torch.cat([ema.sample(500, generator=gen, sampler=sampler).float() for _ in range(a.n_samples // 500)])
     sample_cpu = time.process_time() - t1
     feats, pred = predict(clf, imgs)
     prec, rec = precision_recall(real_feats, feats)
     results.append({
-        "solver": solver, "sample_steps": steps, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=solver)), "sample_cpu_s": round(sample_cpu, 1),
+        "solver": solver, "sample_steps": steps, "shift": shift, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=solver)), "sample_cpu_s": round(sample_cpu, 1),
         "fid_val": round(fid_from_features(feats.double().numpy(), real_feats.double().numpy()), 2),
         "precision": round(prec, 3), "recall": round(rec, 3), "class_entropy": round(normalised_entropy(class_histogram(pred.numpy())), 4),
     })

@@ -429,11 +429,11 @@ def test_fid_vs_nfe_of_a_flow_has_a_point_per_step_count_from_the_same_noises(ti
     curve = fid_vs_nfe(run, tiny_bundle, steps=(4, 1, 2), n_samples=40, seed=3)
     assert curve["samples"] == 40 and curve["seed"] == 3 and curve["solver"] == "euler"
     assert [p["steps"] for p in curve["points"]] == [1, 2, 4] and [p["nfe"] for p in curve["points"]] == [1, 2, 4]
-    # each point is the FID of the run's own samples at that step count, same seed
+    # each point is the FID of the run's own samples at that step count, equal steps, same seed
     classifier = load_classifier()
     real = feature_statistics(predict(classifier, tiny_bundle.tensors("test")[0])[0].double().numpy())
     for point in curve["points"]:
-        feats = predict(classifier, run.sample(40, seed=3, steps=point["steps"], solver="euler"))[0]
+        feats = predict(classifier, run.sample(40, seed=3, steps=point["steps"], solver="euler", shift=1.0))[0]
         assert point["fid"] == pytest.approx(frechet_distance(*feature_statistics(feats.double().numpy()), *real), rel=1e-6)
     assert len({p["fid"] for p in curve["points"]}) == 3  # the step count changes the samples
     heun = fid_vs_nfe(run, tiny_bundle, steps=(1, 2), n_samples=40, seed=3, solver="heun")

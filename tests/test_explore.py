@@ -439,6 +439,8 @@ def test_a_flow_answer_is_the_runs_sample_for_that_seed_and_step_count(explorers
     expected = (run.sample(1, seed=3, steps=steps).reshape(784) * 255).round().numpy()
     assert np.abs(pixels(reply["image"]).astype(int) - expected).max() <= 1
     assert reply["frames"][-1] == reply["image"] and len(reply["frames"]) == min(8, steps + 1)
+    grid = run.model.solve_times(SamplerOptions(steps=steps))  # the states kept are on the solver's (shifted) grid
+    assert reply["times"] == [round(grid[round(i * steps / (len(reply["times"]) - 1))], 4) for i in range(len(reply["times"]))]
     assert reply["times"][0] == 0 and reply["times"][-1] == 1 and reply["times"] == sorted(reply["times"])
     assert reply["nfe"] == run.model.nfe(SamplerOptions(steps=steps)) and reply["steps"] == steps
     assert 0 <= reply["reading"]["digit"] <= 9 and reply["reading"]["nearest"]["distance"] >= 0

@@ -16,7 +16,7 @@ from conftest import assert_one_line_error, run_cli
 from genlab.errors import GenlabError
 from genlab.evaluate import bits_per_dim
 from genlab.models import MODELS
-from genlab.models.sampling import SamplerOptions, exact_divergence, hutchinson_divergence, integrate, log_likelihood, ode_step
+from genlab.models.sampling import SamplerOptions, exact_divergence, hutchinson_divergence, integrate, log_likelihood, ode_step, time_grid
 
 
 def _flow(name: str = "flow", **config):
@@ -72,6 +72,27 @@ def test_euler_is_exact_on_a_constant_field_and_heun_and_midpoint_on_a_field_aff
         torch.testing.assert_close(x1, x0 + a + b / 2)
     x1, _ = integrate(lambda x, t: a + b * t[:, None], x0, 3, "euler")
     assert not torch.allclose(x1, x0 + a + b / 2)  # Euler is not: the test can tell them apart
+
+
+def test_a_shifted_time_grid_takes_shorter_steps_near_the_noise():
+    assert time_grid(4) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert time_grid(2, shift=3.0)[1] == pytest.approx(0.25)  # σ = 1/2: t = 1 − 3·(1/2)/(1 + 2·(1/2))
+    grid = time_grid(8, shift=10.0)
+    steps = [b - a for a, b in zip(grid, grid[1:])]
+    assert grid[0] == 0 and grid[-1] == pytest.approx(1) and steps == sorted(steps) and steps[0] < 0.125 / 5
+    x0, a = torch.randn(4, 3), torch.randn(3)
+    torch.testing.assert_close(integrate(lambda x, t: a.expand_as(x), x0, 5, "euler", shift=10.0)[0], x0 + a)  # any grid spans t = 0 to 1
+
+
+def test_a_flow_samples_on_its_configured_shift_unless_told_otherwise():
+    model = _flow(sample_shift=4.0)
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    field = model.velocity_field(None, 1.0)
+    for asked, grid in ((None, 4.0), (1.0, 1.0)):
+        expected, _ = integrate(field, torch.randn(2, 1, 28, 28, generator=gen()), 3, "midpoint", shift=grid)
+        got = model.sample(2, generator=gen(), sampler=SamplerOptions(steps=3, solver="midpoint", shift=asked))
+        torch.testing.assert_close(got, model.to_pixels(expected))
+    assert model.solve_times(SamplerOptions(steps=3)) == time_grid(3, 4.0)
 
 
 def test_trajectory_keeps_the_noise_first_and_the_sample_last():
@@ -136,7 +157,7 @@ def test_guidance_one_is_the_conditional_field_zero_the_unconditional_and_w_mixe
     model = _flow("cflow")
     labels = torch.tensor([3, 7])
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    sampler = dict(steps=3, solver="euler")
+    sampler = dict(steps=3, solver="euler", shift=2.0)  # the model solves on the grid it is given
     net = model.net
     conditional, _ = integrate(lambda x, t: net(x, t, labels), torch.randn(2, 1, 28, 28, generator=gen()), **sampler)
     guided = model.sample(2, generator=gen(), labels=labels, sampler=SamplerOptions(guidance=1.0, **sampler))
@@ -160,7 +181,8 @@ def test_label_dropout_shows_the_no_class_token():
 @pytest.mark.parametrize(
     "options, fragment",
     [(dict(steps=0), "steps"), (dict(steps=1001), "steps"), (dict(steps=2.5), "steps"), (dict(solver="rk4"), "solver"),
-     (dict(guidance=-1.0), "guidance"), (dict(guidance=float("nan")), "guidance"), (dict(guidance=float("inf")), "guidance")],
+     (dict(guidance=-1.0), "guidance"), (dict(guidance=float("nan")), "guidance"), (dict(guidance=float("inf")), "guidance"),
+     (dict(shift=0.0), "shift"), (dict(shift=float("nan")), "shift"), (dict(shift=1e6), "shift"), (dict(shift=True), "shift")],
 )
 def test_bad_sampler_options_are_refused_in_one_line(options, fragment):
     with pytest.raises(GenlabError, match=fragment):
@@ -171,6 +193,7 @@ def test_the_cli_refuses_bad_sampler_options_with_status_2(tiny_runs, tmp_path):
     out = tmp_path / "s.png"
     assert_one_line_error(run_cli("sample", tiny_runs["flow"], "-o", out, "--steps", "0", "--device", "cpu"), "steps")
     assert_one_line_error(run_cli("sample", tiny_runs["flow"], "-o", out, "--solver", "rk4"), "solver")
+    assert_one_line_error(run_cli("sample", tiny_runs["flow"], "-o", out, "--shift", "-2", "--device", "cpu"), "shift")
     assert_one_line_error(run_cli("sample", tiny_runs["flow"], "-o", out, "--guidance", "2", "--device", "cpu"), "guidance")
     assert_one_line_error(run_cli("sample", tiny_runs["cflow"], "-o", out, "--guidance", "-1", "--device", "cpu"), "guidance")
     assert_one_line_error(run_cli("eval", tiny_runs["flow"], "--steps", "5000", "--device", "cpu"), "steps")

@@ -197,14 +197,18 @@ def _fitted_prior(run, choice: str):
 
 
 def _sampler_args(args) -> dict:
-    """--steps / --solver / --guidance as Run.sample's keywords (None: the model's default)."""
-    return {"steps": args.steps, "solver": args.solver, "guidance": getattr(args, "guidance", None)}
+    """--steps / --solver / --guidance / --shift as Run.sample's keywords (None: the model's default)."""
+    return {"steps": args.steps, "solver": args.solver, "guidance": getattr(args, "guidance", None), "shift": args.shift}
 
 
 def _add_sampler_options(p, guidance: bool = True) -> None:
     """The ODE sampler of an iterative model (flow, cflow); one-step models ignore it."""
     p.add_argument("--steps", type=int, metavar="N", help="solver steps from noise to image, 1 to 1000 (flow models; default: the model's own)")
     p.add_argument("--solver", choices=SOLVERS, help="ODE solver: euler (1 network pass per step), heun or midpoint (2 per step) (default: the model's own)")
+    p.add_argument(
+        "--shift", type=float, metavar="S",
+        help="time shift of the solver's steps: 1 = equal steps, above 1 = shorter steps near the noise (default: the model's own)",
+    )
     if guidance:
         p.add_argument(
             "--guidance", type=float, metavar="W",
@@ -300,6 +304,7 @@ def cmd_lab(args) -> None:
         tensorboard=not args.no_tensorboard,
         sample_steps=args.sample_steps,
         solver=args.solver,
+        sample_shift=args.sample_shift,
     )
     print(f"report: {report}")
 
@@ -477,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in each run's tb/ folder")
     p.add_argument("--sample-steps", type=int, metavar="N", help="solver steps of the flow models' evaluation samples, 1 to 1000 (default: the model's own)")
     p.add_argument("--solver", choices=SOLVERS, help="ODE solver of the flow models' evaluation samples (default: the model's own)")
+    p.add_argument("--sample-shift", type=float, metavar="S", help="time shift of the flow models' evaluation samples' steps (default: the model's own)")
     p.add_argument(
         "--workers", type=int,
         help="entries trained side by side in their own processes (1: one after another; default: one per core, up to the "

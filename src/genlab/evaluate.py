@@ -55,10 +55,10 @@ TRAIN_REFERENCE_DIGITS = 10000
 # Heun steps; 16 Heun steps were 0.1 off); the exact-trace check on DENSITY_CHECK_DIGITS of them
 # with the cheaper DENSITY_CHECK_SAMPLER, against DENSITY_CHECK_PROBES Hutchinson probes each.
 DENSITY_DIGITS = 100
-DENSITY_SAMPLER = SamplerOptions(steps=64, solver="midpoint")
+DENSITY_SAMPLER = SamplerOptions(steps=64, solver="midpoint", shift=1.0)
 DENSITY_BATCH = 250
 DENSITY_CHECK_DIGITS = 1
-DENSITY_CHECK_SAMPLER = SamplerOptions(steps=2, solver="euler")
+DENSITY_CHECK_SAMPLER = SamplerOptions(steps=2, solver="euler", shift=1.0)
 DENSITY_CHECK_PROBES = 16
 
 
@@ -392,7 +392,7 @@ class EvalContext:
     batch_size: int
     prior: object | None  # a fitted prior.MixturePrior, or None for N(0, I)
     classifier: object | None
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)  # an iterative model's steps / solver / guidance
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)  # an iterative model's steps / solver / guidance / shift
     density_digits: int = DENSITY_DIGITS
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -480,13 +480,15 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
     asked = default_labels(n, device) if model.conditional else None  # ten classes in turn
     s = ctx.sampler
     samples = ctx.run.sample(
-        n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior, steps=s.steps, solver=s.solver, guidance=s.guidance
+        n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior,
+        steps=s.steps, solver=s.solver, guidance=s.guidance, shift=s.shift,
     )
     ctx.notes.append(f"Samples drawn with torch.Generator(seed = {ctx.seed}) on {device}; same run + seed = same numbers.")
     if model.iterative:
         used = model.resolve_sampler(s)
         ctx.notes.append(
-            f"Samples solved from noise with {used.steps} {used.solver} steps ({model.nfe(s)} function evaluations per image"
+            f"Samples solved from noise with {used.steps} {used.solver} steps, time shift {used.shift:g} "
+            f"({model.nfe(s)} function evaluations per image"
             + (f", guidance {used.guidance:g}" if model.conditional else "")
             + f") in the run's precision ({ctx.run.train_config.precision})."
         )
@@ -558,10 +560,13 @@ def fid_vs_nfe(
         raise GenlabError(f"FID needs at least 2 samples, got {n_samples}")
     classifier = classifier if classifier is not None else load_classifier(device=model.device)
     real = reference_features(data.test_images, classifier, with_radii=False)
-    settings = [SamplerOptions(steps=s, solver=solver, guidance=guidance) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
+    # equal steps: a shifted grid's long last step costs Euler, first order, more than it gains
+    settings = [SamplerOptions(steps=s, solver=solver, guidance=guidance, shift=1.0) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
     points = []
     for sampler in settings:
-        samples = run.sample(n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, guidance=sampler.guidance, prior=prior)
+        samples = run.sample(
+            n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, guidance=sampler.guidance, shift=sampler.shift, prior=prior
+        )
         fid = None
         if torch.isfinite(samples).all():
             feats, _ = predict(classifier, samples.to(model.device))
@@ -604,7 +609,7 @@ def density_metrics(ctx: EvalContext) -> dict[str, float]:
     }
     used = model.resolve_sampler(DENSITY_SAMPLER)
     ctx.notes.append(
-        f"bits_per_dim: the ODE solved from each digit back to the noise with {used.steps} {used.solver} steps in float32; "
+        f"bits_per_dim: the ODE solved from each digit back to the noise with {used.steps} {used.solver} steps (time shift {used.shift:g}) in float32; "
         f"test digits 0 to {n - 1}, dequantized with torch.Generator(seed + 2 = {ctx.seed + 2}). Check on digits 0 to "
         f"{len(check) - 1} with {DENSITY_CHECK_SAMPLER.steps} {DENSITY_CHECK_SAMPLER.solver} steps: exact trace "
         f"{', '.join(f'{v:.4f}' for v in exact.tolist())} bits/dim vs the mean of {DENSITY_CHECK_PROBES} Hutchinson probes "
@@ -642,6 +647,7 @@ def evaluate_run(
     guidance: float | None = None,
     density_digits: int = DENSITY_DIGITS,
     nfe_samples: int | None = None,
+    shift: float | None = None,
 ) -> dict:
     """Every metric that applies to `run` (a `Run` or a run folder), as a JSON-ready dict:
     {"model", "seed", "n_samples", "iw_samples", "prior", "metrics": {name: float}, "notes", "warnings",
@@ -650,7 +656,7 @@ def evaluate_run(
     it out). Same run, data and seed -> the same numbers. The likelihood bounds score the first `iw_digits` test
     digits, the latent k-NN and fid_floor use the first `train_digits` training digits (0: all, for both).
     `prior`: a fitted `prior.MixturePrior` used for sampling and the likelihood bounds instead of N(0, I).
-    `steps`, `solver`, `guidance`: an iterative model's sampler (its defaults when None; ignored by
+    `steps`, `solver`, `guidance`, `shift`: an iterative model's sampler (its defaults when None; ignored by
     one-step models); `density_digits`: test digits scored in bits/dim (models with a density)."""
     from .runs import Run, load_run, other_training_data
 
@@ -670,7 +676,7 @@ def evaluate_run(
         x_test = fixed_binarization(x_test)
     iw_digits = min(iw_digits or len(x_test), len(x_test))
     train_digits = min(train_digits or len(data.train_images), len(data.train_images))
-    sampler = run.sampler(steps, solver, guidance)
+    sampler = run.sampler(steps, solver, guidance, shift)
     if density_digits < 2:
         raise GenlabError(f"density_digits must be at least 2, got {density_digits}")
     ctx = EvalContext(
@@ -735,7 +741,7 @@ def _fid_curve(ctx: EvalContext, nfe_samples: int, classifier) -> dict:
     ctx.notes.append(
         f"fid_vs_nfe: FID of {nfe_samples} samples (seed {ctx.seed}) against the {len(ctx.x_test)} test digits at each number of "
         "network evaluations per sample (NFE); "
-        + (f"the same noises integrated with {curve['solver']} at {', '.join(str(p['steps']) for p in curve['points'])} steps. "
+        + (f"the same noises integrated with {curve['solver']} at {', '.join(str(p['steps']) for p in curve['points'])} equal steps. "
            if run.model.iterative else "one evaluation per sample for this model. ")
         + ("Fewer samples than fid's, so higher: " if nfe_samples < ctx.n_samples else "")
         + "compare its points only with other models' fid_vs_nfe points at the same sample count."
@@ -748,7 +754,10 @@ def _sampler_record(model, sampler: SamplerOptions) -> dict:
     if not (model.iterative and model.can_sample):
         return {"nfe": model.nfe(sampler)}
     used = model.resolve_sampler(sampler)
-    return {"steps": used.steps, "solver": used.solver, "guidance": used.guidance if model.conditional else None, "nfe": model.nfe(sampler)}
+    return {
+        "steps": used.steps, "solver": used.solver, "shift": used.shift, "guidance": used.guidance if model.conditional else None,
+        "nfe": model.nfe(sampler),
+    }
 
 
 def _split_note(data: DataBundle, x_test: torch.Tensor, binarized: bool) -> str:

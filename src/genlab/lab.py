@@ -156,12 +156,13 @@ def run_lab(
     tensorboard: bool = True,
     sample_steps: int | None = None,
     solver: str | None = None,
+    sample_shift: float | None = None,
 ) -> Path:
     """Train, plot and evaluate the lab entries `models` into `out_dir`; returns the report's path.
     `workers` > 1: that many entries at a time, each in its own process of `threads` threads
     (None: `plan_workers` for this machine). `precision` "auto" is resolved once, for this machine
     and each entry (`lab_precision`), to the concrete value each run records. `progress`: a live
-    line per entry (in place when `log` is print to a terminal). `sample_steps`, `solver`: the
+    line per entry (in place when `log` is print to a terminal). `sample_steps`, `solver`, `sample_shift`: the
     sampler the iterative models (flow) are evaluated with (their own defaults when None)."""
     from .report import write_report
 
@@ -173,7 +174,7 @@ def run_lab(
     if env_rank() > 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GenlabError("genlab lab runs in one process: train one model over several with torchrun ... -m genlab train MODEL")
     entries = [lab_entry(name) for name in models]  # fails on a typo
-    sampler = {"steps": sample_steps, "solver": solver}
+    sampler = {"steps": sample_steps, "solver": solver, "shift": sample_shift}
     SamplerOptions(**sampler)  # a bad option: one line before anything is trained
     on = pick_device(device)
     # Accelerators to give each a worker: every CUDA device for "cuda"/"auto", else the one named.
@@ -392,7 +393,7 @@ def _finished(run_dir: Path, asked: TrainConfig) -> bool:
 def _evaluate(run, data, seed: int, prior=None, sampler=None) -> str:
     """Measure the run (genlab.evaluate) and store eval.json beside it, for the report; returns
     the headline line. With a fitted `prior`, samples and bounds are the prior's (eval.json says so
-    in "prior"); `sampler`: Run.sample's steps and solver for an iterative model."""
+    in "prior"); `sampler`: Run.sample's steps, solver and shift for an iterative model."""
     from .evaluate import evaluate_run, write_eval
     from .metrics import HEADLINE
 

@@ -272,10 +272,12 @@ class Run:
     def _labels(self, labels) -> torch.Tensor | None:
         return None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
-    def sampler(self, steps: int | None = None, solver: str | None = None, guidance: float | None = None) -> SamplerOptions:
+    def sampler(
+        self, steps: int | None = None, solver: str | None = None, guidance: float | None = None, shift: float | None = None
+    ) -> SamplerOptions:
         """Sampler options checked against the model: one line for a bad value, or for guidance
         asked of a model without classes to guide by."""
-        sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance)
+        sampler = SamplerOptions(steps=steps, solver=solver, guidance=guidance, shift=shift)
         if guidance is not None and not self.model.conditional:
             raise GenlabError(f"--guidance needs a conditional model (cflow); '{self.name}' has no classes to guide towards")
         return sampler
@@ -283,18 +285,18 @@ class Run:
     @torch.inference_mode()
     def sample(
         self, n: int, seed: int = 0, labels=None, prior=None, generator=None,
-        steps: int | None = None, solver: str | None = None, guidance: float | None = None,
+        steps: int | None = None, solver: str | None = None, guidance: float | None = None, shift: float | None = None,
     ) -> torch.Tensor:
         """n generated images (n, 1, 28, 28) in [0, 1], reproducible from `seed`; `prior`: a fitted
         `prior.MixturePrior` to draw the codes from instead of the model's N(0, I); `generator`:
         draw from it instead (batches of one long sample continue one stream). `steps`, `solver`,
-        `guidance`: an iterative model's sampler (models.sampling.SamplerOptions; None: the
+        `guidance`, `shift`: an iterative model's sampler (models.sampling.SamplerOptions; None: the
         model's default); one-step models ignore them.
         Drawn SAMPLE_BATCH images at a time from the one generator, so the network's activations
         stay bounded whatever n is (a conditional model's default digits still cycle 0..9).
         An iterative model samples under the precision it trained in (bf16 autocast where it
         did): its cost is steps × a network pass, and the solver's state stays float32."""
-        sampler = self.sampler(steps, solver, guidance)
+        sampler = self.sampler(steps, solver, guidance, shift)
         gen = generator if generator is not None else make_generator(seed, self.device)
         labels = self._labels(labels)
         prior = None if prior is None else prior.to(self.device)
@@ -317,11 +319,11 @@ class Run:
     @torch.inference_mode()
     def trajectory(
         self, n: int, seed: int = 0, labels=None, steps: int | None = None, solver: str | None = None,
-        guidance: float | None = None, keep: int = 8,
+        guidance: float | None = None, shift: float | None = None, keep: int = 8,
     ) -> torch.Tensor:
         """(keep, n, 1, 28, 28): n samples of an iterative model along t, noise first (the
         model's `trajectory`), drawn with the same noise as `sample(n, seed)`."""
-        sampler = self.sampler(steps, solver, guidance)
+        sampler = self.sampler(steps, solver, guidance, shift)
         with self.sampling_precision():
             out = self.model.trajectory(n, generator=make_generator(seed, self.device), labels=self._labels(labels), sampler=sampler, keep=keep)
         return out.float().cpu()

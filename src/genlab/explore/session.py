@@ -217,7 +217,8 @@ class Explorer:
         the sample last (k = TRAJECTORY_KEEP, or steps + 1 if fewer), and their times t."""
         frames = self.run.trajectory(1, seed=seed, labels=labels, steps=steps, guidance=guidance, keep=min(TRAJECTORY_KEEP, steps + 1))[:, 0]
         # the solver keeps the states after round(i·steps/(keep − 1)) steps (models/sampling.integrate)
-        return frames, [round(round(i * steps / (len(frames) - 1)) / steps, 4) for i in range(len(frames))]
+        times = self.model.solve_times(SamplerOptions(steps=steps, guidance=guidance))
+        return frames, [round(times[round(i * steps / (len(frames) - 1))], 4) for i in range(len(frames))]
 
     def interpolate(self, body: dict) -> dict:
         """{"seeds": [a, b], "digits": STRIP digits (conditional)} -> STRIP images from seed a's noise to seed

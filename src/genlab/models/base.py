@@ -166,6 +166,11 @@ class GenerativeModel(nn.Module):
         """Network function evaluations per sample under `sampler`: 1 for a one-step model."""
         return 1
 
+    def solve_times(self, sampler: SamplerOptions | None = None) -> list[float]:
+        """The times t an iterative model's solve under `sampler` steps through, 0 (the noise)
+        first and 1 (the sample) last."""
+        raise self._unsupported("solve_times", "iterative")
+
     def health_sampler(self) -> SamplerOptions | None:
         """The sampler of the per-epoch health samples (genlab.health): None, the model's default;
         an iterative model names a cheap one, so an epoch's end stays cheap."""

@@ -36,9 +36,9 @@ from ..errors import GenlabError
 from . import register
 from .base import GenerativeModel, LossOutput, check_labels
 from .blocks import IMAGE_PIXELS, IMAGE_SHAPE, UNet
-from .sampling import MAX_STEPS, SamplerOptions, integrate, log_likelihood
+from .sampling import MAX_STEPS, SamplerOptions, integrate, log_likelihood, time_grid
 
-HEALTH_SAMPLER = SamplerOptions(steps=4, solver="euler")  # the per-epoch diversity check: 4 passes of 64 images
+HEALTH_SAMPLER = SamplerOptions(steps=4, solver="euler", shift=1.0)  # the per-epoch diversity check: 4 passes of 64 images
 SOLVE_ROWS = 250  # images solved at a time: a block of 1,000 ran ~25% slower per image (its activations outgrow the caches)
 LOG_2 = math.log(2.0)
 
@@ -53,6 +53,7 @@ class FlowConfig(ModelConfig):
     logit_std: float = 1.0
     sample_steps: int = 8  # solver steps of a sample unless --steps says otherwise
     solver: Literal["euler", "heun", "midpoint"] = "midpoint"  # ODE solver of a sample unless --solver says otherwise (benchmarks/README.md, "Flow matching")
+    sample_shift: float = 10.0  # time shift of a sample's grid unless --shift says otherwise: most steps near the noise (same section)
 
     def validate(self) -> None:
         super().validate()
@@ -65,7 +66,7 @@ class FlowConfig(ModelConfig):
             raise GenlabError(f"blocks must be 1 to 4, got {self.blocks}")
         if not (math.isfinite(self.logit_mean) and math.isfinite(self.logit_std) and self.logit_std > 0):
             raise GenlabError(f"logit_mean must be finite and logit_std positive, got {self.logit_mean}, {self.logit_std}")
-        SamplerOptions(steps=self.sample_steps, solver=self.solver)  # one-line errors for bad values
+        SamplerOptions(steps=self.sample_steps, solver=self.solver, shift=self.sample_shift)  # one-line errors for bad values
         if self.sample_steps > MAX_STEPS:
             raise GenlabError(f"sample_steps must be at most {MAX_STEPS}")
 
@@ -117,7 +118,7 @@ class FlowMatching(GenerativeModel):
 
     # --- sampling -------------------------------------------------------------------------
     def resolve_sampler(self, sampler: SamplerOptions | None) -> SamplerOptions:
-        """`sampler` with what it leaves unset taken from the config: steps, solver and guidance all set."""
+        """`sampler` with what it leaves unset taken from the config: steps, solver, guidance and shift all set."""
         sampler = sampler or SamplerOptions()
         if sampler.guidance is not None and not self.conditional:
             raise GenlabError(f"guidance needs a conditional flow (cflow); model '{self.name}' is unconditional")
@@ -126,6 +127,7 @@ class FlowMatching(GenerativeModel):
             steps=sampler.steps if sampler.steps is not None else self.config.sample_steps,
             solver=sampler.solver or self.config.solver,
             guidance=sampler.guidance if sampler.guidance is not None else self.default_guidance(),
+            shift=sampler.shift if sampler.shift is not None else self.config.sample_shift,
         )
 
     def default_guidance(self) -> float:
@@ -133,6 +135,10 @@ class FlowMatching(GenerativeModel):
 
     def nfe(self, sampler: SamplerOptions | None = None) -> int:
         return self.resolve_sampler(sampler).nfe()
+
+    def solve_times(self, sampler: SamplerOptions | None = None) -> list[float]:
+        sampler = self.resolve_sampler(sampler)
+        return time_grid(sampler.steps, sampler.shift)
 
     def velocity_field(self, labels: torch.Tensor | None, guidance: float):
         """v(x, t) the solver calls, in float32 whatever autocast computes it in; `labels` None
@@ -142,7 +148,7 @@ class FlowMatching(GenerativeModel):
     def _solve(self, x0: torch.Tensor, labels, sampler: SamplerOptions | None, keep: int):
         sampler = self.resolve_sampler(sampler)
         field = self.velocity_field(labels, sampler.guidance)
-        return integrate(field, x0, sampler.steps, sampler.solver, keep)
+        return integrate(field, x0, sampler.steps, sampler.solver, keep, sampler.shift)
 
     def _noise(self, n: int, generator) -> torch.Tensor:
         return torch.randn(n, *IMAGE_SHAPE, generator=generator, device=self.device)
@@ -181,7 +187,7 @@ class FlowMatching(GenerativeModel):
         solver (the model's default sampler when None)."""
         sampler = self.resolve_sampler(sampler)
         field = self.velocity_field(None, 0.0)  # the unconditional field: the density of p(x), not p(x | y)
-        return log_likelihood(field, x * 2 - 1, sampler.steps, sampler.solver, generator, exact) + IMAGE_PIXELS * LOG_2
+        return log_likelihood(field, x * 2 - 1, sampler.steps, sampler.solver, generator, exact, sampler.shift) + IMAGE_PIXELS * LOG_2
 
     def extra_repr(self) -> str:
         return f"channels={self.config.channels}, blocks={self.config.blocks}"

@@ -3,10 +3,11 @@ them), fixed-step solvers, and the divergence of a velocity field for exact log-
 
 A flow model (models/flow.py) learns a velocity field v(x, t) carrying noise at t = 0 to data
 at t = 1; a sample is the solution of dx/dt = v(x, t) from x(0) ~ N(0, I). The solvers here
-take `steps` equal steps of h = 1/steps (Euler, Heun, midpoint: a few lines each, written out
-rather than taken from torchdiffeq, whose adaptive solvers we do not need; README's
-dependency section). The cost of a sample is its number of function evaluations (NFE):
-Euler 1 per step, Heun and midpoint 2 per step.
+take `steps` fixed steps (Euler, Heun, midpoint: a few lines each, written out rather than
+taken from torchdiffeq, whose adaptive solvers we do not need; README's dependency section),
+equal ones or, with a time `shift` s > 1, shorter ones near the noise (SD3's shift, Esser et al.
+2024): t = 1 − s·σ/(1 + (s − 1)·σ) at the even points σ = 1 − i/steps. The cost of a sample is
+its number of function evaluations (NFE): Euler 1 per step, Heun and midpoint 2 per step.
 
 Log-likelihood by the instantaneous change of variables (Chen et al. 2018, FFJORD: Grathwohl
 et al. 2019, https://arxiv.org/abs/1810.01367):
@@ -29,6 +30,7 @@ from ..errors import GenlabError
 
 SOLVERS = ("euler", "heun", "midpoint")
 MAX_STEPS = 1000
+MAX_SHIFT = 1000.0
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # v(x (B, ...), t (B,)) -> (B, ...)
@@ -47,6 +49,7 @@ class SamplerOptions:
     steps: int | None = None  # solver steps from noise to image, 1 to MAX_STEPS
     solver: str | None = None  # euler, heun or midpoint
     guidance: float | None = None  # classifier-free guidance scale W >= 0 (conditional flows)
+    shift: float | None = None  # time shift of the solver's grid: 1 = equal steps, > 1 shorter steps near the noise
 
     def __post_init__(self):
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS):
@@ -55,6 +58,8 @@ class SamplerOptions:
             raise GenlabError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance) and self.guidance >= 0):
             raise GenlabError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.shift is not None and (isinstance(self.shift, bool) or not (isinstance(self.shift, (int, float)) and 0 < self.shift <= MAX_SHIFT)):
+            raise GenlabError(f"shift must be a number above 0 and at most {MAX_SHIFT:g}, got {self.shift!r}")
 
     def nfe(self) -> int:
         """Function evaluations of one solve (steps and solver must be set)."""
@@ -73,15 +78,19 @@ def ode_step(field: Field, x: torch.Tensor, t: float, h: float, solver: str) -> 
     return x + 0.5 * h * (k1 + k2)
 
 
-def time_grid(steps: int, start: float = 0.0, end: float = 1.0) -> list[float]:
-    """steps + 1 equally spaced times from start to end."""
-    return [start + (end - start) * i / steps for i in range(steps + 1)]
+def time_grid(steps: int, shift: float = 1.0) -> list[float]:
+    """steps + 1 increasing times from 0 to 1: equally spaced for shift 1, closer together near
+    t = 0 (the noise) for shift > 1."""
+    sigmas = [1 - i / steps for i in range(steps + 1)]
+    return [1 - shift * sigma / (1 + (shift - 1) * sigma) for sigma in sigmas]
 
 
-def integrate(field: Field, x: torch.Tensor, steps: int, solver: str, keep: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Solve from t = 0 to 1 in `steps` equal steps: (x(1), `keep` states along the way,
-    x(0) first and x(1) last, at evenly spaced steps; [] for keep = 0)."""
-    times = time_grid(steps)
+def integrate(
+    field: Field, x: torch.Tensor, steps: int, solver: str, keep: int = 0, shift: float = 1.0
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Solve from t = 0 to 1 in `steps` steps on `time_grid(steps, shift)`: (x(1), `keep` states
+    along the way, x(0) first and x(1) last, at evenly spaced step counts; [] for keep = 0)."""
+    times = time_grid(steps, shift)
     marks = {round(i * steps / (keep - 1)) for i in range(keep)} if keep > 1 else ({steps} if keep == 1 else set())
     kept = [x] if 0 in marks else []
     for i in range(steps):
@@ -121,11 +130,13 @@ def rademacher(shape, generator: torch.Generator | None, device) -> torch.Tensor
 
 
 def log_likelihood(
-    field: Field, x1: torch.Tensor, steps: int, solver: str, generator: torch.Generator | None = None, exact: bool = False
+    field: Field, x1: torch.Tensor, steps: int, solver: str, generator: torch.Generator | None = None, exact: bool = False,
+    shift: float = 1.0,
 ) -> torch.Tensor:
     """log p_1(x1) (B,) in nats under the flow of `field` from N(0, I) at t = 0, by integrating
-    (x, ∫ div v) from t = 1 back to t = 0 with the fixed-step `solver`. Hutchinson's estimate
-    with one Rademacher probe per row, or the exact trace (`exact`, slow)."""
+    (x, ∫ div v) from t = 1 back to t = 0 with the fixed-step `solver` on `time_grid(steps,
+    shift)` reversed. Hutchinson's estimate with one Rademacher probe per row, or the exact
+    trace (`exact`, slow)."""
     probe = None if exact else rademacher(x1.shape, generator, x1.device)
 
     def augmented(state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -144,7 +155,7 @@ def log_likelihood(
         return torch.cat([v.flatten(1), div.detach()[:, None]], 1)
 
     state = torch.cat([x1.flatten(1), x1.new_zeros(x1.shape[0], 1)], 1)
-    times = time_grid(steps, 1.0, 0.0)
+    times = time_grid(steps, shift)[::-1]
     for i in range(steps):
         state = ode_step(augmented, state, times[i], times[i + 1] - times[i], solver)
     x0, div_integral = state[:, :-1], state[:, -1]  # div_integral = ∫_1^0 div v dt = −∫_0^1 div v dt
