@@ -61,8 +61,9 @@ CARD_FILE = "README.md"  # genlab.modelcard
 TB_DIR = "tb"  # genlab.tracking
 # Bump when a run folder's files change incompatibly; a folder of another version is refused
 # (no compatibility layer before a release: such a run is retrained). 3: train.precision;
-# 4: train.ema, lr_schedule, warmup_steps (SCGAN's g_ema is the loop's ema), train.steps, train.tensorboard.
-FORMAT_VERSION = 4
+# 4: train.ema, lr_schedule, warmup_steps (SCGAN's g_ema is the loop's ema), train.steps, train.tensorboard;
+# 5: a flow's sample_shift.
+FORMAT_VERSION = 5
 
 
 def versions() -> dict[str, str]:
