@@ -32,8 +32,9 @@ p.add_argument("--blocks", type=int, default=1)
 p.add_argument("--batch", type=int, default=64)
 p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--time", default="logit_normal")
+p.add_argument("--logit-mean", type=float, default=0.0)
 p.add_argument("--logit-std", type=float, default=1.0)
-p.add_argument("--ema", type=float, default=0.995)
+p.add_argument("--ema", default="0.995", help="decays of the weights' moving averages kept side by side, each scored")
 p.add_argument("--schedule", default="cosine")
 p.add_argument("--warmup", type=int, default=100)
 p.add_argument("--sample-steps", default="8")
@@ -56,11 +57,12 @@ perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(1234))
 x_val, x_train = x_all[perm[:500]], x_all[perm[500:]]
 
 cls = MODELS["flow"]
-config = cls.config_class(channels=tuple(int(c) for c in a.channels.split(",")), blocks=a.blocks, time_sampling=a.time, logit_std=a.logit_std)
+config = cls.config_class(channels=tuple(int(c) for c in a.channels.split(",")), blocks=a.blocks, time_sampling=a.time, logit_mean=a.logit_mean, logit_std=a.logit_std)
 model = cls(config)
 fmt = torch.channels_last if a.channels_last else torch.contiguous_format
 model.to(memory_format=fmt)
-ema = copy.deepcopy(model).eval()
+decays = [float(d) for d in a.ema.split(",")]
+emas = [copy.deepcopy(model).eval() for _ in decays]
 opt = torch.optim.Adam(model.parameters(), lr=a.lr, fused=True)
 autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")  # noqa: E731
 
@@ -78,7 +80,8 @@ t0 = time.process_time()
 step = 0
 losses = [float("nan")]
 if a.load:
-    ema.load_state_dict(torch.load(a.load))
+    for ema, state in zip(emas, torch.load(a.load)):
+        ema.load_state_dict(state)
     step = a.steps
 while step < a.steps:
     order = torch.randperm(len(x_train))
@@ -94,19 +97,21 @@ while step < a.steps:
         out.loss.backward()
         opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):  # as genlab.ema: no warm start
-                pe.lerp_(pm, 1 - a.ema)
+            for ema, decay in zip(emas, decays):
+                for pe, pm in zip(ema.parameters(), model.parameters()):  # as genlab.ema: no warm start
+                    pe.lerp_(pm, 1 - decay)
         losses.append(float(out.loss))
         step += 1
 train_cpu = time.process_time() - t0
 if a.keep:
-    torch.save(ema.state_dict(), a.keep)
+    torch.save([ema.state_dict() for ema in emas], a.keep)
 
 
 clf = load_classifier()
 real_feats, _ = predict(clf, x_val)
 results = []
-for solver, steps, shift in [(sv, int(st), float(sh)) for sv in a.solver.split(",") for st in a.sample_steps.split(",") for sh in a.shift.split(",")]:
+settings = [(sv, int(st), float(sh)) for sv in a.solver.split(",") for st in a.sample_steps.split(",") for sh in a.shift.split(",")]
+for (decay, ema), (solver, steps, shift) in [(e, s) for e in zip(decays, emas) for s in settings]:
     t1 = time.process_time()
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode(), autocast():
@@ -116,7 +121,7 @@ for solver, steps, shift in [(sv, int(st), float(sh)) for sv in a.solver.split("
     feats, pred = predict(clf, imgs)
     prec, rec = precision_recall(real_feats, feats)
     results.append({
-        "solver": solver, "sample_steps": steps, "shift": shift, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=solver)), "sample_cpu_s": round(sample_cpu, 1),
+        "ema": decay, "solver": solver, "sample_steps": steps, "shift": shift, "nfe": ema.nfe(SamplerOptions(steps=steps, solver=solver)), "sample_cpu_s": round(sample_cpu, 1),
         "fid_val": round(fid_from_features(feats.double().numpy(), real_feats.double().numpy()), 2),
         "precision": round(prec, 3), "recall": round(rec, 3), "class_entropy": round(normalised_entropy(class_histogram(pred.numpy())), 4),
     })
