@@ -542,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .utils import reuse_freed_memory
+
+    reuse_freed_memory()
     try:
         args.func(args)
     except GenlabError as e:

@@ -44,7 +44,7 @@ from .precision import resolve_precision
 from .progress import LiveBoard
 from .runs import CONFIG_FILE, WEIGHTS_FILE, load_run, read_config
 from .train import TRAIN_FIELDS, fit
-from .utils import pick_device, release_freed_memory, usable_cores
+from .utils import pick_device, release_freed_memory, reuse_freed_memory, usable_cores
 
 
 @dataclass(frozen=True)
@@ -299,6 +299,7 @@ def _start_worker(parent: int, threads: int, events, gpu_slots) -> None:
 
     torch.set_num_threads(threads)
     threadpool_limits(threads)
+    reuse_freed_memory()  # a spawned process starts with glibc's defaults
     _WORKER["events"] = events
     if gpu_slots is not None:
         _WORKER["gpu"], _WORKER["gpu_slots"] = gpu_slots.get(), gpu_slots

@@ -209,12 +209,15 @@ def plot_interpolation(run: Run, x: torch.Tensor, y: torch.Tensor, path: Path, s
 @torch.inference_mode()
 def plot_trajectory(run: Run, path: Path, seed: int = 0, rows: int = 4, keep: int = 8) -> Path:
     """An iterative model's samples along t, one row per sample: the noise x₀ on the left, the
-    state after each stretch of the ODE solve, the digit on the right (default sampler)."""
-    frames = run.trajectory(rows, seed=seed, keep=keep)  # (keep, rows, 1, 28, 28), the same noise as run.sample(rows, seed)
+    state after each stretch of the ODE solve, the digit on the right (the default solver and
+    steps, in equal steps: a shifted grid's states crowd near the noise, and the strip would
+    show noise until its last frame)."""
+    equal = SamplerOptions(shift=1.0)
+    frames = run.trajectory(rows, seed=seed, keep=keep, shift=equal.shift)  # (keep, rows, 1, 28, 28), the same noise as run.sample(rows, seed)
     frames = frames.clamp(0, 1).transpose(0, 1)  # (rows, keep, 1, 28, 28): a row per sample
     grid = tile(frames.reshape(-1, 28, 28).numpy(), rows, frames.shape[1])
-    nfe = run.model.nfe(SamplerOptions())
-    return _image_figure(grid, f"{run.name}: noise (t = 0, left) becoming a digit (t = 1, right), {nfe} network evaluations", path)
+    nfe = run.model.nfe(equal)
+    return _image_figure(grid, f"{run.name}: noise (t = 0, left) becoming a digit (t = 1, right), {nfe} network evaluations in equal steps", path)
 
 
 def fid_vs_nfe_figure(curves: list[dict]) -> bytes:
