@@ -376,8 +376,8 @@ def lab_precision(model: str, precision: str, device) -> str:
     """The precision a lab run trains in. "auto": bf16 where it pays on this device
     (genlab.precision), except for the adversarial family, measured on a CPU where bf16 is fast
     (benchmarks/README.md, "bf16 mixed precision"): their steps ran only 1.13-1.15x faster in
-    bf16 and the lab's scgan lost FID beyond the seeds' spread, so they keep fp32. The flow trains and samples
-    in bf16 (benchmarks/README.md, "Flow matching")."""
+    bf16 and the lab's scgan lost FID beyond the seeds' spread, so they keep fp32. The flow
+    trains and samples in bf16 (benchmarks/README.md, "Flow matching")."""
     if precision == "auto" and get_model_class(model).family == "adversarial":
         return "fp32"
     return resolve_precision(precision, device)
