@@ -93,6 +93,9 @@ def test_a_flow_samples_on_its_configured_shift_unless_told_otherwise():
         got = model.sample(2, generator=gen(), sampler=SamplerOptions(steps=3, solver="midpoint", shift=asked))
         torch.testing.assert_close(got, model.to_pixels(expected))
     assert model.solve_times(SamplerOptions(steps=3)) == time_grid(3, 4.0)
+    other = "euler" if model.config.solver != "euler" else "heun"  # tuned for its own solver: another one solves in equal steps
+    assert model.resolve_sampler(SamplerOptions(solver=other)).shift == 1.0
+    assert model.resolve_sampler(SamplerOptions(solver=other, shift=3.0)).shift == 3.0
 
 
 def test_trajectory_keeps_the_noise_first_and_the_sample_last():

@@ -53,7 +53,9 @@ class FlowConfig(ModelConfig):
     logit_std: float = 1.0
     sample_steps: int = 8  # solver steps of a sample unless --steps says otherwise
     solver: Literal["euler", "heun", "midpoint"] = "midpoint"  # ODE solver of a sample unless --solver says otherwise (benchmarks/README.md, "Flow matching")
-    sample_shift: float = 10.0  # time shift of a sample's grid unless --shift says otherwise: most steps near the noise (same section)
+    # time shift of the default solver's grid unless --shift says otherwise: most steps near the noise
+    # (same section); chosen for the midpoint rule, so another solver asked for solves in equal steps
+    sample_shift: float = 10.0
 
     def validate(self) -> None:
         super().validate()
@@ -118,16 +120,21 @@ class FlowMatching(GenerativeModel):
 
     # --- sampling -------------------------------------------------------------------------
     def resolve_sampler(self, sampler: SamplerOptions | None) -> SamplerOptions:
-        """`sampler` with what it leaves unset taken from the config: steps, solver, guidance and shift all set."""
+        """`sampler` with what it leaves unset taken from the config: steps, solver, guidance and shift
+        all set. An unset shift is the config's for the config's solver and 1 (equal steps) for
+        another: a shift that suits the midpoint rule wrecks Heun's and Euler's last long step
+        (benchmarks/README.md, "Flow matching")."""
         sampler = sampler or SamplerOptions()
         if sampler.guidance is not None and not self.conditional:
             raise GenlabError(f"guidance needs a conditional flow (cflow); model '{self.name}' is unconditional")
+        solver = sampler.solver or self.config.solver
+        own_shift = self.config.sample_shift if solver == self.config.solver else 1.0
         return replace(
             sampler,
             steps=sampler.steps if sampler.steps is not None else self.config.sample_steps,
-            solver=sampler.solver or self.config.solver,
+            solver=solver,
             guidance=sampler.guidance if sampler.guidance is not None else self.default_guidance(),
-            shift=sampler.shift if sampler.shift is not None else self.config.sample_shift,
+            shift=sampler.shift if sampler.shift is not None else own_shift,
         )
 
     def default_guidance(self) -> float:
