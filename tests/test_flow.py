@@ -16,6 +16,7 @@ from conftest import assert_one_line_error, run_cli
 from genlab.errors import GenlabError
 from genlab.evaluate import bits_per_dim
 from genlab.models import MODELS
+from genlab.models.flow import SOLVER_SHIFTS
 from genlab.models.sampling import SamplerOptions, exact_divergence, hutchinson_divergence, integrate, log_likelihood, ode_step, time_grid
 
 
@@ -93,9 +94,12 @@ def test_a_flow_samples_on_its_configured_shift_unless_told_otherwise():
         got = model.sample(2, generator=gen(), sampler=SamplerOptions(steps=3, solver="midpoint", shift=asked))
         torch.testing.assert_close(got, model.to_pixels(expected))
     assert model.solve_times(SamplerOptions(steps=3)) == time_grid(3, 4.0)
-    other = "euler" if model.config.solver != "euler" else "heun"  # tuned for its own solver: another one solves in equal steps
-    assert model.resolve_sampler(SamplerOptions(solver=other)).shift == 1.0
+    other = "euler" if model.config.solver != "euler" else "heun"  # a shift set for its own solver: another takes its own grid
+    assert model.resolve_sampler(SamplerOptions(solver=other)).shift == SOLVER_SHIFTS[other]
     assert model.resolve_sampler(SamplerOptions(solver=other, shift=3.0)).shift == 3.0
+    default = _flow()  # no shift in the config: each solver its own
+    assert {s: default.resolve_sampler(SamplerOptions(solver=s)).shift for s in SOLVER_SHIFTS} == SOLVER_SHIFTS
+    assert SOLVER_SHIFTS["euler"] == SOLVER_SHIFTS["heun"] == 1.0 and SOLVER_SHIFTS["midpoint"] > 1
 
 
 def test_trajectory_keeps_the_noise_first_and_the_sample_last():

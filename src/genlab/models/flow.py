@@ -38,6 +38,10 @@ from .base import GenerativeModel, LossOutput, check_labels
 from .blocks import IMAGE_PIXELS, IMAGE_SHAPE, UNet
 from .sampling import MAX_STEPS, SamplerOptions, integrate, log_likelihood, time_grid
 
+# The grid each solver samples on unless told otherwise (benchmarks/README.md, "Flow matching"):
+# midpoint's shift was chosen on the validation split; a shifted grid's long last step wrecks
+# Euler's one evaluation and Heun's corrector at t = 1, so they keep equal steps.
+SOLVER_SHIFTS = {"midpoint": 10.0, "euler": 1.0, "heun": 1.0}
 HEALTH_SAMPLER = SamplerOptions(steps=4, solver="euler", shift=1.0)  # the per-epoch diversity check: 4 passes of 64 images
 SOLVE_ROWS = 250  # images solved at a time: a block of 1,000 ran ~25% slower per image (its activations outgrow the caches)
 LOG_2 = math.log(2.0)
@@ -53,9 +57,7 @@ class FlowConfig(ModelConfig):
     logit_std: float = 1.0
     sample_steps: int = 8  # solver steps of a sample unless --steps says otherwise
     solver: Literal["euler", "heun", "midpoint"] = "midpoint"  # ODE solver of a sample unless --solver says otherwise (benchmarks/README.md, "Flow matching")
-    # time shift of the default solver's grid unless --shift says otherwise: most steps near the noise
-    # (same section); chosen for the midpoint rule, so another solver asked for solves in equal steps
-    sample_shift: float = 10.0
+    sample_shift: float | None = None  # time shift of a sample's grid unless --shift says otherwise (None: its solver's own, SOLVER_SHIFTS)
 
     def validate(self) -> None:
         super().validate()
@@ -68,7 +70,7 @@ class FlowConfig(ModelConfig):
             raise GenlabError(f"blocks must be 1 to 4, got {self.blocks}")
         if not (math.isfinite(self.logit_mean) and math.isfinite(self.logit_std) and self.logit_std > 0):
             raise GenlabError(f"logit_mean must be finite and logit_std positive, got {self.logit_mean}, {self.logit_std}")
-        SamplerOptions(steps=self.sample_steps, solver=self.solver, shift=self.sample_shift)  # one-line errors for bad values
+        SamplerOptions(steps=self.sample_steps, solver=self.solver, shift=self.sample_shift)  # one-line errors for bad values (None passes)
         if self.sample_steps > MAX_STEPS:
             raise GenlabError(f"sample_steps must be at most {MAX_STEPS}")
 
@@ -121,14 +123,13 @@ class FlowMatching(GenerativeModel):
     # --- sampling -------------------------------------------------------------------------
     def resolve_sampler(self, sampler: SamplerOptions | None) -> SamplerOptions:
         """`sampler` with what it leaves unset taken from the config: steps, solver, guidance and shift
-        all set. An unset shift is the config's for the config's solver and 1 (equal steps) for
-        another: a shift that suits the midpoint rule wrecks Heun's and Euler's last long step
-        (benchmarks/README.md, "Flow matching")."""
+        all set. An unset shift is the config's `sample_shift` for the config's solver, else the
+        solver's own (SOLVER_SHIFTS): a shift chosen for one solver is not right for another."""
         sampler = sampler or SamplerOptions()
         if sampler.guidance is not None and not self.conditional:
             raise GenlabError(f"guidance needs a conditional flow (cflow); model '{self.name}' is unconditional")
         solver = sampler.solver or self.config.solver
-        own_shift = self.config.sample_shift if solver == self.config.solver else 1.0
+        own_shift = self.config.sample_shift if self.config.sample_shift is not None and solver == self.config.solver else SOLVER_SHIFTS[solver]
         return replace(
             sampler,
             steps=sampler.steps if sampler.steps is not None else self.config.sample_steps,
