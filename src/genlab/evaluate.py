@@ -20,7 +20,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -479,10 +479,7 @@ def sample_metrics(ctx: EvalContext) -> dict[str, float]:
     model, n, device = ctx.model, ctx.n_samples, ctx.x_test.device
     asked = default_labels(n, device) if model.conditional else None  # ten classes in turn
     s = ctx.sampler
-    samples = ctx.run.sample(
-        n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior,
-        steps=s.steps, solver=s.solver, guidance=s.guidance, shift=s.shift,
-    )
+    samples = ctx.run.sample(n, seed=ctx.seed, labels=None if asked is None else asked.cpu(), prior=ctx.prior, **asdict(s))
     ctx.notes.append(f"Samples drawn with torch.Generator(seed = {ctx.seed}) on {device}; same run + seed = same numbers.")
     if model.iterative:
         used = model.resolve_sampler(s)
@@ -564,9 +561,7 @@ def fid_vs_nfe(
     settings = [SamplerOptions(steps=s, solver=solver, guidance=guidance, shift=1.0) for s in sorted(set(steps))] if model.iterative else [SamplerOptions()]
     points = []
     for sampler in settings:
-        samples = run.sample(
-            n_samples, seed=seed, steps=sampler.steps, solver=sampler.solver, guidance=sampler.guidance, shift=sampler.shift, prior=prior
-        )
+        samples = run.sample(n_samples, seed=seed, prior=prior, **asdict(sampler))
         fid = None
         if torch.isfinite(samples).all():
             feats, _ = predict(classifier, samples.to(model.device))
