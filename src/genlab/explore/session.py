@@ -22,7 +22,7 @@ import torch
 from ..classifier import load_classifier
 from ..data import DataBundle, load_dataset
 from ..errors import GenlabError
-from ..models.sampling import SamplerOptions
+from ..models.sampling import SamplerOptions, kept_steps
 from ..plots import slerp
 from ..runs import Run
 from ..utils import make_generator
@@ -216,9 +216,8 @@ class Explorer:
         """The states along t (k, 1, 28, 28) of seed's noise solved in `steps` steps, noise first and
         the sample last (k = TRAJECTORY_KEEP, or steps + 1 if fewer), and their times t."""
         frames = self.run.trajectory(1, seed=seed, labels=labels, steps=steps, guidance=guidance, keep=min(TRAJECTORY_KEEP, steps + 1))[:, 0]
-        # the solver keeps the states after round(i·steps/(keep − 1)) steps (models/sampling.integrate)
         times = self.model.solve_times(SamplerOptions(steps=steps, guidance=guidance))
-        return frames, [round(times[round(i * steps / (len(frames) - 1))], 4) for i in range(len(frames))]
+        return frames, [round(times[i], 4) for i in kept_steps(steps, len(frames))]
 
     def interpolate(self, body: dict) -> dict:
         """{"seeds": [a, b], "digits": STRIP digits (conditional)} -> STRIP images from seed a's noise to seed

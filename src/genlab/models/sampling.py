@@ -85,13 +85,21 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return [1 - shift * sigma / (1 + (shift - 1) * sigma) for sigma in sigmas]
 
 
+def kept_steps(steps: int, keep: int) -> list[int]:
+    """The step counts after which `integrate` keeps a state: `keep` of them evenly spaced from 0
+    (the noise) to `steps` (the sample); just the sample for keep = 1, none for 0."""
+    if keep > 1:
+        return [round(i * steps / (keep - 1)) for i in range(keep)]
+    return [steps] if keep == 1 else []
+
+
 def integrate(
     field: Field, x: torch.Tensor, steps: int, solver: str, keep: int = 0, shift: float = 1.0
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Solve from t = 0 to 1 in `steps` steps on `time_grid(steps, shift)`: (x(1), `keep` states
     along the way, x(0) first and x(1) last, at evenly spaced step counts; [] for keep = 0)."""
     times = time_grid(steps, shift)
-    marks = {round(i * steps / (keep - 1)) for i in range(keep)} if keep > 1 else ({steps} if keep == 1 else set())
+    marks = set(kept_steps(steps, keep))
     kept = [x] if 0 in marks else []
     for i in range(steps):
         x = ode_step(field, x, times[i], times[i + 1] - times[i], solver)
