@@ -26,6 +26,14 @@ from genlab.runs import CARD_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, T
 
 QUIET = dict(progress=False, log=lambda _: None)
 JOB_TIMEOUT = 120  # seconds a whole torchrun job may take here (start-up included) before the test fails
+# How much of a failed job's stderr a test shows: torchrun's own failure report alone is ~2,000
+# characters, and the rank's message that explains it (an abort's `what():`) comes before it.
+REPORT_CHARS = 8000
+# A torchrun job here ends in SIGABRT now and then, one full suite in about three, never in 70 jobs
+# run alone under load: torch's gloo transport calls abort() when a loopback connection drops at a
+# bad moment (pytorch/pytorch#188266 reports one such place). A job that should succeed is therefore
+# run once more if, and only if, a rank died of SIGABRT; a second abort, or any other failure, fails.
+RERUN_ON_ABORT = pytest.mark.flaky(reruns=1, only_rerun=["SIGABRT"])
 # 2 processes against 1, AE without input noise (no randomness at all): the gradients are the
 # same global batch means, summed in another order (each rank's half, then the all-reduce),
 # so float32 rounding differs in the last bits and grows a little over the 21 steps.
@@ -53,7 +61,14 @@ def torchrun(*args, launcher=("--standalone", "--nproc-per-node", "2"), env=None
 
 
 def finish(job: subprocess.Popen) -> tuple[int, str, str]:
-    out, err = job.communicate(timeout=JOB_TIMEOUT)
+    """The job's exit code and output; a job still running after JOB_TIMEOUT is killed and
+    fails the test with what it printed (a hang must say where it hung)."""
+    try:
+        out, err = job.communicate(timeout=JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        out, err = job.communicate()
+        pytest.fail(f"the job ran past {JOB_TIMEOUT} s: {job.args}\nstdout: {out[-2000:]}\nstderr: {err[-REPORT_CHARS:]}")
     return job.returncode, out, err
 
 
@@ -113,12 +128,13 @@ def test_more_processes_than_images_in_a_batch_is_refused():
 # --------------------------------------------------------------------------------------------
 
 
+@RERUN_ON_ABORT
 def test_two_processes_train_as_one_and_only_rank_0_writes(tmp_path, tiny_data_dir, tiny_bundle):
     one = fit(tiny_train_config("ae", epochs=3), MODELS["ae"].config_class(input_noise=0.0), tmp_path / "one", data=tiny_bundle, **QUIET)
     logs = tmp_path / "logs"
     job = torchrun(*train_args(tiny_data_dir, tmp_path / "two", "ae", 3, "--input-noise", 0), launcher=("--standalone", "--nproc-per-node", "2", "--log-dir", logs, "--redirects", "3"))
     code, _, err = finish(job)
-    assert code == 0, err[-2000:]
+    assert code == 0, err[-REPORT_CHARS:]
 
     rows_one, rows_two = read_metrics(one), read_metrics(tmp_path / "two")
     assert len(rows_two) == len(rows_one) == 3
@@ -173,11 +189,12 @@ WORKER = textwrap.dedent(
 )
 
 
+@RERUN_ON_ABORT
 def test_every_model_trains_in_two_processes_with_its_ranks_in_step(tmp_path, tiny_data_dir):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     code, _, err = finish(torchrun(script, tiny_data_dir, tmp_path / "runs"))
-    assert code == 0, err[-3000:]
+    assert code == 0, err[-REPORT_CHARS:]
     for name in MODELS:
         rows = read_metrics(tmp_path / "runs" / name)
         assert [r["epoch"] for r in rows] == [1, 2], name
@@ -221,24 +238,30 @@ def test_ctrl_c_checkpoints_every_rank_and_the_run_resumes(tmp_path, tiny_data_d
     assert (run_dir / CHECKPOINT_FILE).is_file() and not (run_dir / WEIGHTS_FILE).exists()
 
 
+@RERUN_ON_ABORT
 def test_a_one_process_run_resumes_in_two_processes(tmp_path, tiny_data_dir, tiny_bundle):
     run_dir = tmp_path / "run"
     fit_killed_after(10, tiny_train_config("gan", tiny_data_dir, epochs=3), None, run_dir, data=tiny_bundle, **QUIET)
     code, out, err = finish(torchrun("resume", run_dir, "--quiet"))
-    assert code == 0, err[-2000:]
+    assert code == 0, err[-REPORT_CHARS:]
     assert out.count("done:") == 1 and "resuming" in out
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]
     assert json.loads((run_dir / CONFIG_FILE).read_text())["world_size"] == 2
 
 
+@RERUN_ON_ABORT
 def test_two_nodes_on_loopback_with_the_c10d_rendezvous(tmp_path, tiny_data_dir):
     """The README's multi-node command, as two "nodes" (two torchrun launches) on 127.0.0.1."""
     endpoint = f"127.0.0.1:{free_port()}"
     launcher = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "genlab-test")
     run_dir = tmp_path / "run"
     nodes = [torchrun(*train_args(tiny_data_dir, run_dir, "vae", 2), launcher=launcher) for _ in range(2)]
-    results = [finish(node) for node in nodes]
-    assert all(code == 0 for code, _, _ in results), [err[-1500:] for _, _, err in results]
+    try:
+        results = [finish(node) for node in nodes]
+    finally:  # one node failing the test must not leave the other waiting for it
+        for node in nodes:
+            node.kill()
+    assert all(code == 0 for code, _, _ in results), [err[-REPORT_CHARS:] for _, _, err in results]
     assert sum(out.count("done:") for _, out, _ in results) == 1  # one process of the two speaks
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
     assert json.loads((run_dir / CONFIG_FILE).read_text())["world_size"] == 2
@@ -247,7 +270,7 @@ def test_two_nodes_on_loopback_with_the_c10d_rendezvous(tmp_path, tiny_data_dir)
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
 def test_two_gpus_with_nccl(tmp_path, tiny_data_dir):
     code, _, err = finish(torchrun(*train_args(tiny_data_dir, tmp_path / "run", "gan", 2, "--device", "cuda", "--precision", "bf16")))
-    assert code == 0, err[-2000:]
+    assert code == 0, err[-REPORT_CHARS:]
     info = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
     assert info["world_size"] == 2 and info["device"] == "cuda:0"
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]

@@ -19,6 +19,7 @@ Without torchrun (WORLD_SIZE unset or 1) nothing here runs a collective.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -94,8 +95,17 @@ def join(device: torch.device) -> tuple[Ranks, torch.device]:
     return Ranks(rank, world_size, local_rank, owns_group), device
 
 
+def wait_for_all(ranks: Ranks) -> None:
+    """Every rank waits here until all have arrived (nothing without torchrun)."""
+    if ranks.distributed:
+        dist.barrier()
+
+
 def leave(ranks: Ranks) -> None:
+    """Destroy the group this process created, once what used it is collected: gloo work that a
+    DDP wrapper still holds when the interpreter exits can abort the process (SIGABRT)."""
     if ranks.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -217,6 +217,10 @@ def fit(
                     log(f"warning: {warning}")
                 if _stop_requested(t, interrupted, at_sync=True) and t.state.step < t.total:  # Ctrl-C during the evaluation
                     raise _interrupted(t.state, t.run_dir, interrupted)
+            if t.ranks.is_main:
+                save_weights(t.run_dir, t.eval_model)
+                write_card(t.run_dir)
+            distributed.wait_for_all(t.ranks)  # no rank tears its end of the group down while another still works
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {_checkpoint_note(t.run_dir)}") from None
         except Exception as e:
@@ -226,11 +230,10 @@ def fit(
         finally:
             interrupted.restore()
             t.sink.close()
-        if t.ranks.is_main:
-            save_weights(t.run_dir, t.eval_model)
-            write_card(t.run_dir)
-    distributed.leave(t.ranks)
-    return t.run_dir
+    run_dir, ranks = t.run_dir, t.ranks
+    del t  # the DDP wrappers go before their process group (leave), not at interpreter exit
+    distributed.leave(ranks)
+    return run_dir
 
 
 def _prepare(train_config, model_config, run_dir: Path, resume: bool, overwrite: bool, data, log, lock: RunFolderLock, device: str | None = None) -> Training:
