@@ -13,7 +13,7 @@ from genlab.cli import build_parser
 from genlab.errors import GenlabError
 from genlab.models.aae import AAE, AAEConfig
 from genlab.models.ae import AE, AEConfig
-from genlab.models.blocks import conv_decoder, conv_encoder
+from genlab.models.blocks import Dropout, conv_decoder, conv_encoder
 from genlab.models.cvae import CVAE, CVAEConfig
 from genlab.models.vae import VAE, VAEConfig
 
@@ -118,3 +118,35 @@ def test_activation_default_depends_on_model_and_arch():
     assert mine.activation == "relu"
     with pytest.raises(GenlabError, match="activation must be one of relu, silu"):
         VAEConfig(activation="tanh").validate()
+
+
+# --------------------------------------------------------------------------------------------
+# The discriminators' dropout
+# --------------------------------------------------------------------------------------------
+
+
+def test_dropout_zeroes_a_share_p_and_scales_the_rest_to_keep_the_mean():
+    x = torch.full((200_000,), 2.0)
+    y = Dropout(0.3).train()(x)
+    zeroed = (y == 0).float().mean().item()
+    assert zeroed == pytest.approx(0.3, abs=0.005)  # 200k draws: the share's standard error is 0.001
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
+    assert y.mean().item() == pytest.approx(2.0, rel=0.01)
+
+
+def test_dropout_passes_gradients_through_the_kept_values_only():
+    x = torch.randn(64, 8, 7, 7, requires_grad=True)
+    y = Dropout(0.5).train()(x)
+    y.sum().backward()
+    kept = y.detach() != 0
+    assert torch.allclose(x.grad[kept], torch.tensor(2.0)) and (x.grad[~kept] == 0).all()
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_at_p_0_and_repeats_with_the_seed():
+    x = torch.randn(32, 16)
+    assert Dropout(0.3).eval()(x) is x and Dropout(0.0).train()(x) is x
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        draws.append(Dropout(0.3).train()(x))
+    assert torch.equal(*draws)

@@ -12,6 +12,7 @@ from conftest import QUIET, fit_killed_after, image_batch, tiny_train_config
 from conftest import SMALL_CONV as SMALL
 from genlab import MODELS
 from genlab.errors import GenlabError
+from genlab.models.blocks import Dropout
 from genlab.models.dcgan import DCGAN, DCGANConfig
 from genlab.models.losses import generator_loss
 from genlab.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
@@ -26,7 +27,7 @@ def test_dcgan_architecture_follows_the_recipe():
     model = DCGAN(DCGANConfig(**SMALL))
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.generator.modules())
     assert any(isinstance(m, nn.LeakyReLU) for m in model.features.modules())
-    assert any(isinstance(m, nn.Dropout) for m in model.features.modules())
+    assert any(isinstance(m, Dropout) for m in model.features.modules())
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.features.modules())  # default: no norm in D
     assert model.adam_betas[0] == 0.5
     paper = DCGAN(DCGANConfig(d_norm="batch", d_dropout=0.0, **SMALL))

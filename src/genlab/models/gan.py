@@ -21,7 +21,7 @@ from torch import nn
 from ..config import ModelConfig, check_fraction, check_widths
 from . import register
 from .base import GenerativeModel, LossOutput
-from .blocks import IMAGE_PIXELS, Flatten, Unflatten
+from .blocks import IMAGE_PIXELS, Dropout, Flatten, Unflatten
 from .losses import discriminator_loss, generator_loss
 
 # An epoch-mean discriminator loss below this counts as "D wins every step": at the game's
@@ -67,7 +67,7 @@ class GAN(GenerativeModel):
         self.generator = nn.Sequential(*g_layers, nn.Linear(hidden[-1], IMAGE_PIXELS), Unflatten())  # (B, z) -> (B, 1, 28, 28) logits
         d_layers: list[nn.Module] = [Flatten()]
         for n_in, n_out in zip([IMAGE_PIXELS, *hidden[::-1][:-1]], hidden[::-1]):
-            d_layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2), *([nn.Dropout(config.dropout)] if config.dropout else [])]
+            d_layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2), *([Dropout(config.dropout)] if config.dropout else [])]
         self.discriminator = nn.Sequential(*d_layers, nn.Linear(hidden[0], 1))  # (B, 1, 28, 28) -> (B, 1) logits
 
     def phase_parameters(self, phase):
