@@ -392,13 +392,28 @@ def cmd_classifier_test(args) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+DEVICE_HELP = "auto, cpu, cuda, mps (default: auto)"
+DATA_HELP = "folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)"
+THREADS_HELP = "CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .models import MODELS
 
-    parser = _Parser(prog="genlab", description="Train, show and measure AE, VAE and GAN models on MNIST-format data.")
+    parser = _Parser(prog="genlab", description="Train, show and measure AE, VAE, GAN and flow-matching models on MNIST-format data.")
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for add_command in (  # in the order `genlab --help` lists them
+        _add_train_command, _add_resume_command, _add_sample_command, _add_fit_prior_command, _add_encode_command,
+        _add_reconstruct_command, _add_plot_command, _add_lab_command, _add_explore_command, _add_report_command,
+        _add_eval_command, _add_classifier_command,
+    ):
+        add_command(commands)
+    return parser
+
+
+def _add_train_command(commands) -> None:
+    from .models import MODELS
 
     train = commands.add_parser("train", help="train one model into a run folder")
     models = train.add_subparsers(dest="model", required=True, parser_class=_Parser, metavar="MODEL")
@@ -407,26 +422,30 @@ def build_parser() -> argparse.ArgumentParser:
         p = models.add_parser(name, help=module_doc.split(":")[0].split("(")[0].strip(), description=module_doc)
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         add_dataclass_options(p, TrainConfig, skip=("model", "data_dir"))
-        p.add_argument("--data", dest="data_dir", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+        p.add_argument("--data", dest="data_dir", metavar="DIR", help=DATA_HELP)
         add_dataclass_options(p, cls.config_class)
         p.add_argument("--out", metavar="RUN_DIR", help=f"run folder (default: runs/{name})")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--no-figures", action="store_true", help="skip writing figures at the end")
-        p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
+        p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
         p.set_defaults(func=cmd_train)
 
+
+def _add_resume_command(commands) -> None:
     p = commands.add_parser("resume", help="continue a run folder from its last checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, help="train to this many epochs in all (default: as configured)")
     p.add_argument("--device", help="continue on this device: auto, cpu, cuda, cuda:N, mps (default: the run's own, from config.json)")
     p.add_argument("--steps", type=int, help="train to this many optimizer steps in all, instead of epochs (default: as configured)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: $OMP_NUM_THREADS, else every core this process may use)")
+    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
-    p = commands.add_parser("sample", help="generate images from a VAE or GAN run into a .npy array or a .png grid")
+
+def _add_sample_command(commands) -> None:
+    p = commands.add_parser("sample", help="generate images from a VAE, GAN or flow run into a .npy array or a .png grid")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.npy: float32 array (N, 28, 28) in [0, 1]; FILE.png: the images as one grid")
@@ -434,34 +453,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digit", type=int, help="class to generate (conditional models)")
     p.add_argument("--prior", **PRIOR_OPTION)
     _add_sampler_options(p)
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_sample)
 
+
+def _add_fit_prior_command(commands) -> None:
     p = commands.add_parser("fit-prior", help="fit a Gaussian mixture to a VAE's training codes, for --prior gmm (better samples)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--components", type=int, default=DEFAULT_COMPONENTS, help=f"mixture components (default: {DEFAULT_COMPONENTS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the code draws and of EM's start (default: 0)")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_fit_prior)
 
+
+def _add_encode_command(commands) -> None:
     p = commands.add_parser("encode", help="test-set latents z and labels y into a .npz file (AE, VAE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_encode)
 
+
+def _add_reconstruct_command(commands) -> None:
     p = commands.add_parser("reconstruct", help="reconstructions of the test set into a .npy array or a .png grid (AE, VAE)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.npy: float32 array (N, 28, 28) in [0, 1]; FILE.png: one grid")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_reconstruct)
 
+
+def _add_plot_command(commands) -> None:
     p = commands.add_parser("plot", help="(re)write the figures of a run folder")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0, help="seed for samples and interpolations (default: 0)")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_plot)
 
+
+def _add_lab_command(commands) -> None:
     from .lab import DEFAULT_MODELS
 
     p = commands.add_parser("lab", help="the whole lab: train the models, write figures and report.html")
@@ -470,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs for every model (default: each entry's lab budget in steps)")
     p.add_argument("--steps", type=int, help="optimizer steps for every model, instead of epochs (default: each entry's lab budget)")
     p.add_argument("--seed", type=int, default=0, help="seed for every model (default: 0)")
-    p.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--data", metavar="DIR", help=DATA_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--precision", choices=("auto", *choices(typing.get_type_hints(TrainConfig)["precision"])), default="auto",
         help="auto: bf16 for the AE/VAE family where a timed probe finds bf16 at least 1.5x faster than fp32 on this device, else fp32; GANs fp32 (default: auto)",
@@ -491,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per worker (default: the cores shared out among the workers)")
     p.set_defaults(func=cmd_lab)
 
+
+def _add_explore_command(commands) -> None:
     p = commands.add_parser("explore", help="a live page in the browser: move through a run's latent space and see the digits")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
@@ -498,10 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
     p.set_defaults(func=cmd_explore)
 
+
+def _add_report_command(commands) -> None:
     p = commands.add_parser("report", help="rewrite report.html of a lab folder from its runs")
     p.add_argument("lab_dir", metavar="DIR")
     p.set_defaults(func=cmd_report)
 
+
+def _add_eval_command(commands) -> None:
     p = commands.add_parser("eval", help="measure a run: reconstruction, ELBO / IWAE, FID, precision / recall, classes")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -512,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the first N test digits for the ELBO / IWAE bounds (0: all; default: {IW_TEST_DIGITS}, a bounded cost)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--prior", **PRIOR_OPTION)
     p.add_argument("--no-save", action="store_true", help="do not write RUN_DIR/eval.json (eval-gmm.json with --prior gmm)")
     _add_sampler_options(p)
@@ -522,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
+
+def _add_classifier_command(commands) -> None:
     p = commands.add_parser("classifier", help="the MNIST classifier behind FID and the class metrics")
     tasks = p.add_subparsers(dest="task", required=True, parser_class=_Parser, metavar="TASK")
     t = tasks.add_parser("train", help="train it (seeded) on the training digits and save it with its provenance")
@@ -529,14 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replace-shipped", action="store_true", help="write over the classifier shipped in the package, which every FID uses (default: never)")
     t.add_argument("--epochs", type=int, help="passes over the training digits (default: 20)")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    t.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+    t.add_argument("--data", metavar="DIR", help=DATA_HELP)
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_classifier_train)
     t = tasks.add_parser("test", help="accuracy of the classifier on the test split")
     t.add_argument("--weights", metavar="PATH", help="weights file (default: the shipped one)")
-    t.add_argument("--data", metavar="DIR", help="folder with IDX files (default: $GENLAB_DATA, cache, download, offline digits)")
+    t.add_argument("--data", metavar="DIR", help=DATA_HELP)
     t.set_defaults(func=cmd_classifier_test)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
