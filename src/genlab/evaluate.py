@@ -658,12 +658,7 @@ def evaluate_run(
     if not isinstance(run, Run):
         with torch.inference_mode(False):  # normal weights: the density's divergence takes gradients through them
             run = load_run(run)
-    check_eval_sizes(n_samples, iw_samples)
-    if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0 or train_digits < 0:
-        raise GenlabError(
-            f"n_samples must be at least {PR_NEIGHBOURS + 1}, iw_samples at least 1, iw_digits and train_digits 0 (all) or more, "
-            f"got {n_samples}, {iw_samples}, {iw_digits} and {train_digits}"
-        )
+    _check_eval_args(n_samples, iw_samples, iw_digits, train_digits, density_digits)
     run.model.eval()
     data = data if data is not None else load_dataset(run.train_config.dataset, run.train_config.data_dir)
     x_test, y_test = data.tensors("test", run.model.device)
@@ -672,8 +667,6 @@ def evaluate_run(
     iw_digits = min(iw_digits or len(x_test), len(x_test))
     train_digits = min(train_digits or len(data.train_images), len(data.train_images))
     sampler = run.sampler(steps, solver, guidance, shift)
-    if density_digits < 2:
-        raise GenlabError(f"density_digits must be at least 2, got {density_digits}")
     ctx = EvalContext(
         run, data, x_test, y_test, seed, n_samples, iw_samples, iw_digits, train_digits, batch_size, prior, classifier, sampler, density_digits
     )
@@ -692,17 +685,7 @@ def evaluate_run(
             metrics.update(measure(ctx))
             seconds[group] = round(time.perf_counter() - t, 3)
             test_digits[group] = ctx.test_digits(group)
-    if train_digits < len(data.train_images) and {"latent", "samples"} & seconds.keys():
-        ctx.notes.append(
-            f"knn{KNN_NEIGHBOURS}_accuracy and fid_floor use the first {train_digits} of the {len(data.train_images)} training digits "
-            "(as many as the test digits and samples: a cost that does not grow with the training split)."
-        )
-    if prior is not None:
-        ctx.notes.append(
-            f"Prior: the Gaussian mixture of {prior.components} components fitted to the training codes (prior.safetensors, "
-            "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
-            "estimates over the same K samples."
-        )
+    ctx.notes += _reference_notes(ctx, scored=seconds.keys())
     nfe_samples = min(NFE_SAMPLES, n_samples) if nfe_samples is None else nfe_samples
     curve = _fid_curve(ctx, nfe_samples, classifier) if run.model.can_sample and nfe_samples else None
     results = {
@@ -725,6 +708,36 @@ def evaluate_run(
     if curve is not None:
         results["fid_vs_nfe"] = curve
     return results
+
+
+def _check_eval_args(n_samples: int, iw_samples: int, iw_digits: int, train_digits: int, density_digits: int) -> None:
+    """One line for an evaluation size out of range, before any work."""
+    check_eval_sizes(n_samples, iw_samples)
+    if n_samples <= PR_NEIGHBOURS or iw_samples < 1 or iw_digits < 0 or train_digits < 0:
+        raise GenlabError(
+            f"n_samples must be at least {PR_NEIGHBOURS + 1}, iw_samples at least 1, iw_digits and train_digits 0 (all) or more, "
+            f"got {n_samples}, {iw_samples}, {iw_digits} and {train_digits}"
+        )
+    if density_digits < 2:
+        raise GenlabError(f"density_digits must be at least 2, got {density_digits}")
+
+
+def _reference_notes(ctx: EvalContext, scored) -> list[str]:
+    """The notes on what the scores were measured against: a capped training reference, a fitted prior."""
+    notes = []
+    n_train = len(ctx.data.train_images)
+    if ctx.train_digits < n_train and {"latent", "samples"} & set(scored):
+        notes.append(
+            f"knn{KNN_NEIGHBOURS}_accuracy and fid_floor use the first {ctx.train_digits} of the {n_train} training digits "
+            "(as many as the test digits and samples: a cost that does not grow with the training split)."
+        )
+    if ctx.prior is not None:
+        notes.append(
+            f"Prior: the Gaussian mixture of {ctx.prior.components} components fitted to the training codes (prior.safetensors, "
+            "genlab fit-prior), for the samples and for log p(z) in the bounds; kl_nats and elbo_nats are then Monte Carlo "
+            "estimates over the same K samples."
+        )
+    return notes
 
 
 def _fid_curve(ctx: EvalContext, nfe_samples: int, classifier) -> dict:
