@@ -2,6 +2,7 @@
 
     python benchmarks/roofline.py                          # every default lab entry, fp32 and bf16, 1 thread
     python benchmarks/roofline.py --entries gan,vae --precisions bf16 --threads 2
+    python benchmarks/roofline.py --entries gan,dcgan --precisions fp32 --profile 12   # and the top ops (stderr)
 
 For each entry and precision it runs the real training step (`genlab.train._train_step`, on a
 `Training` built by the loop's own `_prepare`) and prints one JSON line:
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,7 +78,7 @@ class StepTimer:
         self._train._backward_step = self._original_backward
 
 
-def bench_entry(name: str, precision: str, steps: int, rounds: int, seed: int) -> dict:
+def bench_entry(name: str, precision: str, steps: int, rounds: int, seed: int, profile_rows: int = 0) -> dict:
     import genlab
     from genlab import train
     from genlab.lab import entry_configs, lab_entry
@@ -113,6 +115,13 @@ def bench_entry(name: str, precision: str, steps: int, rounds: int, seed: int) -
                 splits.append(dict(timer.seconds))
         finally:
             timer.restore()
+        if profile_rows:  # where the step's time goes, op by op (after the timing, so it does not disturb it)
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run_steps(steps)
+            print(f"{name} {precision}: torch.profiler over {steps} steps", file=sys.stderr)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_rows), file=sys.stderr)
     median = statistics.median(totals)
     middle = splits[totals.index(median)] if median in totals else splits[0]
     split = {k: v / median for k, v in middle.items()}
@@ -156,12 +165,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="also print torch.profiler's top ROWS ops of each step to stderr")
     args = parser.parse_args()
     os.environ.setdefault("GENLAB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     for name in [e.strip() for e in args.entries.split(",") if e.strip()]:
         for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-            print(json.dumps(bench_entry(name, precision, args.steps, args.rounds, args.seed)), flush=True)
+            print(json.dumps(bench_entry(name, precision, args.steps, args.rounds, args.seed, args.profile)), flush=True)
 
 
 if __name__ == "__main__":
