@@ -29,10 +29,11 @@ JOB_TIMEOUT = 120  # seconds a whole torchrun job may take here (start-up includ
 # How much of a failed job's stderr a test shows: torchrun's own failure report alone is ~2,000
 # characters, and the rank's message that explains it (an abort's `what():`) comes before it.
 REPORT_CHARS = 8000
-# A torchrun job here ends in SIGABRT now and then, one full suite in about three, never in 70 jobs
-# run alone under load: torch's gloo transport calls abort() when a loopback connection drops at a
-# bad moment (pytorch/pytorch#188266 reports one such place). A job that should succeed is therefore
-# run once more if, and only if, a rank died of SIGABRT; a second abort, or any other failure, fails.
+# A torchrun job here ended in SIGABRT in two of the last six full suites (CI and here), never in
+# about 100 jobs run alone under load: torch's gloo transport calls abort() when a loopback
+# connection drops at a bad moment (pytorch/pytorch#188266 reports one such place). A job that should
+# succeed is run once more if, and only if, a rank died of SIGABRT; a second abort, or any other
+# failure, fails the test.
 RERUN_ON_ABORT = pytest.mark.flaky(reruns=1, only_rerun=["SIGABRT"])
 # 2 processes against 1, AE without input noise (no randomness at all): the gradients are the
 # same global batch means, summed in another order (each rank's half, then the all-reduce),
@@ -57,7 +58,18 @@ def torchrun(*args, launcher=("--standalone", "--nproc-per-node", "2"), env=None
     """`torchrun LAUNCHER -m genlab ARGS` (or a script path as the first arg) as a subprocess."""
     target = ["-m", "genlab", *map(str, args)] if not str(args[0]).endswith(".py") else list(map(str, args))
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, *target]
-    return subprocess.Popen(cmd, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(  # its own session: a test can kill the launcher and its ranks together (kill_job)
+        cmd, env=env or job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen
+    )
+
+
+def kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL a torchrun job's launcher and every process it started (a killed launcher alone
+    leaves its ranks running)."""
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the job has ended and its session with it
+        pass
 
 
 def finish(job: subprocess.Popen) -> tuple[int, str, str]:
@@ -66,7 +78,7 @@ def finish(job: subprocess.Popen) -> tuple[int, str, str]:
     try:
         out, err = job.communicate(timeout=JOB_TIMEOUT)
     except subprocess.TimeoutExpired:
-        job.kill()
+        kill_job(job)
         out, err = job.communicate()
         pytest.fail(f"the job ran past {JOB_TIMEOUT} s: {job.args}\nstdout: {out[-2000:]}\nstderr: {err[-REPORT_CHARS:]}")
     return job.returncode, out, err
@@ -260,7 +272,7 @@ def test_two_nodes_on_loopback_with_the_c10d_rendezvous(tmp_path, tiny_data_dir)
         results = [finish(node) for node in nodes]
     finally:  # one node failing the test must not leave the other waiting for it
         for node in nodes:
-            node.kill()
+            kill_job(node)
     assert all(code == 0 for code, _, _ in results), [err[-REPORT_CHARS:] for _, _, err in results]
     assert sum(out.count("done:") for _, out, _ in results) == 1  # one process of the two speaks
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
