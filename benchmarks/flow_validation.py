@@ -34,6 +34,7 @@ p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--time", default="logit_normal")
 p.add_argument("--logit-mean", type=float, default=0.0)
 p.add_argument("--logit-std", type=float, default=1.0)
+p.add_argument("--coupling", default="independent", help="how a batch pairs noises with digits: independent or minibatch_ot")
 p.add_argument("--ema", default="0.995", help="decays of the weights' moving averages kept side by side, each scored")
 p.add_argument("--schedule", default="cosine")
 p.add_argument("--warmup", type=int, default=100)
@@ -57,7 +58,7 @@ perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(1234))
 x_val, x_train = x_all[perm[:500]], x_all[perm[500:]]
 
 cls = MODELS["flow"]
-config = cls.config_class(channels=tuple(int(c) for c in a.channels.split(",")), blocks=a.blocks, time_sampling=a.time, logit_mean=a.logit_mean, logit_std=a.logit_std)
+config = cls.config_class(channels=tuple(int(c) for c in a.channels.split(",")), blocks=a.blocks, time_sampling=a.time, logit_mean=a.logit_mean, logit_std=a.logit_std, coupling=a.coupling)
 model = cls(config)
 fmt = torch.channels_last if a.channels_last else torch.contiguous_format
 model.to(memory_format=fmt)

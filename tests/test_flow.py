@@ -16,7 +16,7 @@ from conftest import assert_one_line_error, run_cli
 from genlab.errors import GenlabError
 from genlab.evaluate import bits_per_dim
 from genlab.models import MODELS
-from genlab.models.flow import SOLVER_SHIFTS
+from genlab.models.flow import SOLVER_SHIFTS, ot_pairing
 from genlab.models.sampling import SamplerOptions, exact_divergence, hutchinson_divergence, integrate, log_likelihood, ode_step, time_grid
 
 
@@ -48,6 +48,36 @@ def test_the_loss_is_the_mse_to_the_straight_paths_velocity():
     x1 = ((x * 255).round() + torch.rand_like(x)) / 256 * 2 - 1
     x0 = torch.randn_like(x1)
     t = torch.sigmoid(0.3 + 0.7 * torch.randn(4))
+    xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
+    expected = ((0.5 * xt + t.view(-1, 1, 1, 1) - (x1 - x0)) ** 2).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_minibatch_ot_pairs_noises_and_digits_at_the_least_summed_squared_distance():
+    torch.manual_seed(3)
+    x0, x1 = torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4)
+    cost = lambda order: ((x1 - x0[order]) ** 2).sum().item()  # noqa: E731
+    brute = min(itertools.permutations(range(6)), key=lambda p: cost(torch.tensor(p)))
+    order = ot_pairing(x0, x1)
+    assert sorted(order.tolist()) == list(range(6))
+    assert cost(order) == pytest.approx(cost(torch.tensor(brute)))
+    groups = torch.tensor([0, 1, 0, 1, 1, 0])
+    grouped = ot_pairing(x0, x1, groups)
+    assert torch.equal(groups[grouped], groups)  # a digit keeps a noise of its own group
+    assert sorted(grouped.tolist()) == list(range(6)) and cost(grouped) >= cost(order) - 1e-6
+
+
+def test_the_ot_coupled_loss_regresses_on_the_paired_noises_velocity():
+    model = _flow(coupling="minibatch_ot")
+    model.net = _Field(lambda x, t, c: 0.5 * x + t[:, None, None, None])
+    x = torch.randint(0, 256, (5, 1, 28, 28)).float() / 255
+    torch.manual_seed(11)
+    out = model.loss(x, torch.zeros(5, dtype=torch.long), "model", {})
+    torch.manual_seed(11)
+    x1 = ((x * 255).round() + torch.rand_like(x)) / 256 * 2 - 1
+    x0 = torch.randn_like(x1)
+    x0 = x0[ot_pairing(x0, x1)]
+    t = torch.sigmoid(torch.randn(5))
     xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
     expected = ((0.5 * xt + t.view(-1, 1, 1, 1) - (x1 - x0)) ** 2).mean()
     torch.testing.assert_close(out.loss, expected)
