@@ -62,8 +62,8 @@ TB_DIR = "tb"  # genlab.tracking
 # Bump when a run folder's files change incompatibly; a folder of another version is refused
 # (no compatibility layer before a release: such a run is retrained). 3: train.precision;
 # 4: train.ema, lr_schedule, warmup_steps (SCGAN's g_ema is the loop's ema), train.steps, train.tensorboard;
-# 5: a flow's sample_shift and coupling.
-FORMAT_VERSION = 5
+# 5: a flow's sample_shift; 6: a flow's coupling.
+FORMAT_VERSION = 6
 
 
 def versions() -> dict[str, str]:
