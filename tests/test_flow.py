@@ -38,19 +38,26 @@ class _Field(nn.Module):
         return self.fn(x, t, c)
 
 
-def test_the_loss_is_the_mse_to_the_straight_paths_velocity():
-    model = _flow(time_sampling="logit_normal", logit_mean=0.3, logit_std=0.7)
+def _loss_by_hand(n: int, pair: bool = False, logit_mean: float = 0.0, logit_std: float = 1.0, **config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's loss, the same loss computed here) for n digits, the network replaced by
+    v = 0.5·x + t; `pair`: the noises reordered by minibatch OT as the loss does."""
+    model = _flow(logit_mean=logit_mean, logit_std=logit_std, **config)
     model.net = _Field(lambda x, t, c: 0.5 * x + t[:, None, None, None])
-    x = torch.randint(0, 256, (4, 1, 28, 28)).float() / 255
+    x = torch.randint(0, 256, (n, 1, 28, 28)).float() / 255
     torch.manual_seed(11)
-    out = model.loss(x, torch.zeros(4, dtype=torch.long), "model", {})
+    out = model.loss(x, torch.zeros(n, dtype=torch.long), "model", {})
     torch.manual_seed(11)  # the same draws, in the loss's order: dequantization, noise, times
     x1 = ((x * 255).round() + torch.rand_like(x)) / 256 * 2 - 1
     x0 = torch.randn_like(x1)
-    t = torch.sigmoid(0.3 + 0.7 * torch.randn(4))
-    xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
-    expected = ((0.5 * xt + t.view(-1, 1, 1, 1) - (x1 - x0)) ** 2).mean()
-    torch.testing.assert_close(out.loss, expected)
+    if pair:
+        x0 = x0[ot_pairing(x0, x1)]
+    t = torch.sigmoid(logit_mean + logit_std * torch.randn(n)).view(-1, 1, 1, 1)
+    xt = (1 - t) * x0 + t * x1
+    return out.loss, ((0.5 * xt + t - (x1 - x0)) ** 2).mean()
+
+
+def test_the_loss_is_the_mse_to_the_straight_paths_velocity():
+    torch.testing.assert_close(*_loss_by_hand(4, time_sampling="logit_normal", logit_mean=0.3, logit_std=0.7))
 
 
 def test_minibatch_ot_pairs_noises_and_digits_at_the_least_summed_squared_distance():
@@ -68,19 +75,7 @@ def test_minibatch_ot_pairs_noises_and_digits_at_the_least_summed_squared_distan
 
 
 def test_the_ot_coupled_loss_regresses_on_the_paired_noises_velocity():
-    model = _flow(coupling="minibatch_ot")
-    model.net = _Field(lambda x, t, c: 0.5 * x + t[:, None, None, None])
-    x = torch.randint(0, 256, (5, 1, 28, 28)).float() / 255
-    torch.manual_seed(11)
-    out = model.loss(x, torch.zeros(5, dtype=torch.long), "model", {})
-    torch.manual_seed(11)
-    x1 = ((x * 255).round() + torch.rand_like(x)) / 256 * 2 - 1
-    x0 = torch.randn_like(x1)
-    x0 = x0[ot_pairing(x0, x1)]
-    t = torch.sigmoid(torch.randn(5))
-    xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1
-    expected = ((0.5 * xt + t.view(-1, 1, 1, 1) - (x1 - x0)) ** 2).mean()
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(*_loss_by_hand(5, pair=True, coupling="minibatch_ot"))
 
 
 def test_uniform_times_cover_zero_to_one():
