@@ -676,15 +676,7 @@ def evaluate_run(
             f"scored on other data ({data.source}) than the run was trained with ({trained_on.get('source', '?')}): "
             "pass the training --data DIR (or GENLAB_DATA) to compare with its loss curves"
         )
-    metrics: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    test_digits: dict[str, int] = {}
-    for group, capability, measure in GROUPS:
-        if getattr(run.model, capability):  # a flag the base class declares
-            t = time.perf_counter()
-            metrics.update(measure(ctx))
-            seconds[group] = round(time.perf_counter() - t, 3)
-            test_digits[group] = ctx.test_digits(group)
+    metrics, seconds, test_digits = _measure_groups(ctx)
     ctx.notes += _reference_notes(ctx, scored=seconds.keys())
     nfe_samples = min(NFE_SAMPLES, n_samples) if nfe_samples is None else nfe_samples
     curve = _fid_curve(ctx, nfe_samples, classifier) if run.model.can_sample and nfe_samples else None
@@ -708,6 +700,21 @@ def evaluate_run(
     if curve is not None:
         results["fid_vs_nfe"] = curve
     return results
+
+
+def _measure_groups(ctx: EvalContext) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """Every metric group the model can be scored in (GROUPS): (metrics, seconds per group, the
+    test digits each group scored)."""
+    metrics: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    test_digits: dict[str, int] = {}
+    for group, capability, measure in GROUPS:
+        if getattr(ctx.model, capability):  # a flag the base class declares
+            t = time.perf_counter()
+            metrics.update(measure(ctx))
+            seconds[group] = round(time.perf_counter() - t, 3)
+            test_digits[group] = ctx.test_digits(group)
+    return metrics, seconds, test_digits
 
 
 def _check_eval_args(n_samples: int, iw_samples: int, iw_digits: int, train_digits: int, density_digits: int) -> None:
